@@ -1,0 +1,53 @@
+"""Shared fixtures and marker handling.
+
+Markers: ``slow`` runs by default; ``gpu`` is skipped without CUDA; ``browser`` without
+/usr/bin/chromium; ``realdata`` when ../shared/datasets/usiigaci is absent.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+USIIGACI = Path(os.environ.get("MSCSEG_USIIGACI", ROOT.parent / "shared" / "datasets" / "usiigaci"))
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def _has_cuda() -> bool:
+    try:
+        import torch
+    except ImportError:
+        return False
+    return bool(torch.cuda.is_available())
+
+
+def pytest_collection_modifyitems(config, items):
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    for item in items:
+        if "browser" in item.keywords and not browser:
+            item.add_marker(pytest.mark.skip(reason="headless Chromium not installed (apt-get install chromium)"))
+        if "realdata" in item.keywords and not USIIGACI.is_dir():
+            item.add_marker(pytest.mark.skip(reason=f"real data not found at {USIIGACI}"))
+        if "gpu" in item.keywords and not _has_cuda():
+            item.add_marker(pytest.mark.skip(reason="no CUDA GPU"))
+
+
+@pytest.fixture(scope="session")
+def usiigaci_root() -> Path:
+    if not USIIGACI.is_dir():
+        pytest.skip(f"real data not found at {USIIGACI}")
+    return USIIGACI
+
+
+@pytest.fixture(scope="session")
+def synthetic_folder(tmp_path_factory) -> Path:
+    """A small folder-pairs synthetic dataset (12 images, 64x64, sparse), made once per session."""
+    from data.synthetic import write_dataset
+
+    folder = tmp_path_factory.mktemp("synthetic")
+    write_dataset(folder, n_images=12, size=64, density="sparse", seed=0)
+    return folder

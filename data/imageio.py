@@ -21,6 +21,7 @@ IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp")
 MASK_SUFFIXES = (".png", ".tif", ".tiff")
 LOW_PERCENTILE = 0.5
 HIGH_PERCENTILE = 99.5
+_PIL_CONVERSIONS = {"LA": "L", "La": "L", "PA": "RGBA", "CMYK": "RGB", "YCbCr": "RGB", "LAB": "RGB", "HSV": "RGB", "RGBa": "RGBA"}
 
 
 def read_array(path: str | Path) -> np.ndarray:
@@ -39,7 +40,9 @@ def read_array(path: str | Path) -> np.ndarray:
 
             with Image.open(path) as handle:
                 handle.load()
-                if handle.mode == "P":
+                if handle.mode in _PIL_CONVERSIONS:
+                    handle = handle.convert(_PIL_CONVERSIONS[handle.mode])
+                elif handle.mode == "P":
                     handle = handle.convert("RGBA" if "transparency" in handle.info else "RGB")
                 array = np.asarray(handle)
     except DatasetError:
@@ -101,7 +104,9 @@ def mask_to_labels(array: np.ndarray, path: str | Path = "") -> np.ndarray:
     """H x W int32 instance labels from a binary mask (0/1 or 0/255) or a label image.
 
     A binary mask becomes labels by its 8-connected components. Raises ``DatasetError``
-    for colour masks whose channels differ, negative or non-integer values.
+    for colour masks whose channels differ, negative or non-integer values, and 0/255
+    masks with stray in-between values (anti-aliased or JPEG edges: 255 covers more than
+    half of the non-zero pixels, which a label image practically never does).
     """
     array = np.asarray(array)
     if array.ndim == 3:
@@ -120,12 +125,18 @@ def mask_to_labels(array: np.ndarray, path: str | Path = "") -> np.ndarray:
             raise DatasetError("mask has non-integer values; expected a binary mask (0/1 or 0/255) or an instance label image", path)
     if array.min() < 0:
         raise DatasetError("mask has negative values; expected a binary mask (0/1 or 0/255) or an instance label image", path)
-    values = np.unique(array)
+    values, counts = np.unique(array, return_counts=True)
     if set(values.tolist()) <= {0, 1} or set(values.tolist()) <= {0, 255}:
         from scipy import ndimage
 
         labels, _ = ndimage.label(array > 0, structure=np.ones((3, 3), bool))
         return labels.astype(np.int32)
+    if values[-1] == 255 and values[0] == 0 and counts[-1] > 0.5 * counts[1:].sum():
+        raise DatasetError(
+            f"mask looks like a binary 0/255 mask but also has {len(values) - 2} other value(s) "
+            "(anti-aliased or JPEG-compressed edges?); expected a binary mask (0/1 or 0/255) or an instance label image",
+            path,
+        )
     if values.max() > np.iinfo(np.int32).max:
         raise DatasetError("mask label values do not fit in int32", path)
     return array.astype(np.int32)

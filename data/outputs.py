@@ -3,8 +3,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from .errors import DatasetError
 
@@ -44,6 +46,41 @@ def check_can_write(path: str | Path, overwrite: bool = False) -> Path:
     if exists and not overwrite:
         raise OutputExistsError("output already exists; pass --overwrite to replace it (nothing was written)", path)
     return path
+
+
+@contextmanager
+def staged_folders(root: str | Path, names: tuple[str, ...] = ("images", "masks")) -> Iterator[dict[str, Path]]:
+    """Fill ``<root>/<name>.partial/`` folders; on success each replaces ``<root>/<name>/``.
+
+    On any error the partial folders are removed and the existing ones are left as
+    they were, so a reader never sees half a dataset. Other content of ``root`` is kept.
+    """
+    root = Path(root)
+    created = not root.exists()
+    staged = {name: root / f"{name}.partial" for name in names}
+    for folder in staged.values():
+        if folder.exists():
+            shutil.rmtree(folder)
+        folder.mkdir(parents=True)
+    try:
+        yield staged
+    except BaseException:
+        for folder in staged.values():
+            shutil.rmtree(folder, ignore_errors=True)
+        if created and root.is_dir() and not any(root.iterdir()):
+            root.rmdir()
+        raise
+    for name, folder in staged.items():
+        final = root / name
+        if final.exists():
+            old = root / f"{name}.old"
+            if old.exists():
+                shutil.rmtree(old)
+            final.rename(old)
+            folder.rename(final)
+            shutil.rmtree(old)
+        else:
+            folder.rename(final)
 
 
 def _json_default(value: Any) -> Any:

@@ -148,10 +148,11 @@ def generate(
     prefix: str = "syn",
 ) -> list[Sample]:
     """``n_images`` samples named ``<prefix>_0000`` ...; image i uses seed ``(seed, i)``."""
-    return [
-        generate_sample(size, density, seed=np.random.SeedSequence([seed, i]).generate_state(1)[0], name=f"{prefix}_{i:04d}")
-        for i in range(n_images)
-    ]
+    return [generate_sample(size, density, seed=_image_seed(seed, i), name=f"{prefix}_{i:04d}") for i in range(n_images)]
+
+
+def _image_seed(seed: int, index: int) -> int:
+    return int(np.random.SeedSequence([seed, index]).generate_state(1)[0])
 
 
 def write_dataset(
@@ -164,17 +165,26 @@ def write_dataset(
     bit_depth: int = 8,
     overwrite: bool = False,
 ) -> Path:
-    """Write a folder-pairs dataset: ``images/<stem>.png`` (8- or 16-bit) + ``masks/<stem>.png`` (16-bit labels)."""
+    """Write a folder-pairs dataset: ``images/<stem>.png`` (8- or 16-bit) + ``masks/<stem>.png`` (16-bit labels).
+
+    The same samples as ``generate``, made one at a time. With ``overwrite`` an existing
+    ``images/`` and ``masks/`` are replaced whole; on error nothing changes.
+    """
     from .imageio import write_labels, write_png
+    from .outputs import staged_folders
 
     folder = Path(folder)
     if bit_depth not in (8, 16):
         raise DatasetError(f"bit depth must be 8 or 16, got {bit_depth}")
-    if (folder / "images").exists() and any((folder / "images").iterdir()) and not overwrite:
-        raise DatasetError("folder already holds a dataset; pass --overwrite to replace it", folder)
-    for sample in generate(n_images, size, density, seed, prefix):
-        grey = sample.image[..., 0]
-        pixels = (grey * 255 + 0.5).astype(np.uint8) if bit_depth == 8 else (grey * 65535 + 0.5).astype(np.uint16)
-        write_png(folder / "images" / f"{sample.name}.png", pixels)
-        write_labels(folder / "masks" / f"{sample.name}.png", sample.labels)
+    for part in ("images", "masks"):
+        if (folder / part).is_dir() and any((folder / part).iterdir()) and not overwrite:
+            raise DatasetError("folder already holds a dataset; pass --overwrite to replace it", folder)
+    cells_per_image(density)
+    with staged_folders(folder, ("images", "masks")) as staged:
+        for index in range(n_images):
+            sample = generate_sample(size, density, seed=_image_seed(seed, index), name=f"{prefix}_{index:04d}")
+            grey = sample.image[..., 0]
+            pixels = (grey * 255 + 0.5).astype(np.uint8) if bit_depth == 8 else (grey * 65535 + 0.5).astype(np.uint16)
+            write_png(staged["images"] / f"{sample.name}.png", pixels)
+            write_labels(staged["masks"] / f"{sample.name}.png", sample.labels)
     return folder

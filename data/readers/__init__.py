@@ -6,6 +6,7 @@ for bad input. ``read_dataset(path, format=None)`` detects the format when none 
 from __future__ import annotations
 
 import importlib
+import inspect
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,12 @@ def get_reader(name: str):
     return module.read
 
 
+def reader_options(name: str) -> list[str]:
+    """The keyword options a format's reader takes (besides the path)."""
+    parameters = list(inspect.signature(get_reader(name)).parameters.values())[1:]
+    return [parameter.name for parameter in parameters if parameter.kind is not inspect.Parameter.VAR_KEYWORD]
+
+
 def detect_format(path: str | Path) -> str:
     """Guess the format of a dataset folder or file; ``DatasetError`` when nothing fits."""
     path = Path(path)
@@ -50,9 +57,26 @@ def detect_format(path: str | Path) -> str:
 
 
 def read_dataset(path: str | Path, format: str | None = None, **options: Any) -> Dataset:
-    """Read any supported dataset into a lazily loaded ``Dataset``."""
+    """Read any supported dataset into a lazily loaded ``Dataset``.
+
+    Without ``format`` the format is the only one whose reader takes all ``options``
+    (e.g. ``image_name`` means per_sample), else it is detected from the files.
+    """
+    if not Path(path).exists():
+        raise DatasetError("dataset path does not exist", path)
+    if format is None and options:
+        fitting = [name for name in available_formats() if set(options) <= set(reader_options(name))]
+        format = fitting[0] if len(fitting) == 1 else None
     format = format or detect_format(path)
-    dataset = get_reader(format)(path, **options)
+    reader = get_reader(format)
+    accepted = reader_options(format)
+    unknown = sorted(set(options) - set(accepted))
+    if unknown:
+        raise DatasetError(
+            f"option(s) {', '.join(unknown)} do not apply to format '{format}'; its options: {', '.join(accepted) or 'none'}",
+            path,
+        )
+    dataset = reader(path, **options)
     if len(dataset) == 0:
         raise DatasetError(f"no samples found (format '{format}')", path)
     return dataset

@@ -1,0 +1,201 @@
+"""``python -m data`` (``mscseg-data``): make the synthetic set, convert a dataset to folder
+pairs, make a train/validation split, print a summary.
+
+    python -m data synth --out synthetic_data --n 40 --size 256 --density sparse --seed 0
+    python -m data convert SRC --format via --out DIR
+    python -m data split DATASET --out split.json --seed 0 --val-fraction 0.2
+    python -m data summary DATASET --format per_sample --image-name raw.tif --mask-name instances_ids.png
+
+Reader options (``--format``, ``--images``, ``--image-name``, ...) go before or after the
+subcommand. Bad input prints one line ``error: <file>: <problem>`` and exits with 2.
+"""
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .dataset import Dataset, load_entry
+from .errors import DatasetError
+from .imageio import IMAGE_SUFFIXES, read_array, write_labels, write_png
+from .outputs import check_can_write, staged_folders, write_csv
+from .readers import available_formats, read_dataset
+from .split import make_split, read_split, write_split
+
+READER_OPTIONS = {
+    "images": ("--images", "folder of the images (via, coco) or name of the image sub-folder (folders)"),
+    "masks": ("--masks", "name of the mask sub-folder (folders)"),
+    "image_name": ("--image-name", "image file name in each sample folder (per_sample), e.g. raw.tif"),
+    "mask_name": ("--mask-name", "mask file or folder name in each sample folder (per_sample), e.g. instances_ids.png"),
+    "sequences": ("--sequences", "CTC sequences to read, e.g. 01,02 (ctc; default: all with annotations)"),
+    "truth": ("--truth", "CTC annotation folder (ctc; default GT)"),
+    "category": ("--category", "keep only this COCO category, by name or id (coco)"),
+    "crowd": ("--crowd", "COCO iscrowd annotations (coco; default instance: one region each)"),
+}
+
+OPTION_CHOICES = {"truth": ("GT", "ST"), "crowd": ("instance", "skip", "error")}
+
+
+def _add_reader_options(parser: argparse.ArgumentParser, default: Any) -> None:
+    group = parser.add_argument_group("dataset reading")
+    group.add_argument("--format", choices=available_formats(), default=default, help="dataset format (default: detected)")
+    for dest, (flag, help_text) in READER_OPTIONS.items():
+        group.add_argument(flag, dest=dest, default=default, choices=OPTION_CHOICES.get(dest), help=help_text)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m data",
+        description="Make the synthetic set, convert a dataset to folder pairs, make a train/validation split, print a summary.",
+    )
+    _add_reader_options(parser, None)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="{synth,convert,split,summary}")
+
+    synth = commands.add_parser("synth", help="write the synthetic dataset as folder pairs")
+    synth.add_argument("--out", required=True, type=Path, help="output folder (gets images/ and masks/)")
+    synth.add_argument("--n", type=int, default=40, help="number of images (default 40)")
+    synth.add_argument("--size", type=int, default=256, help="image side in pixels (default 256)")
+    synth.add_argument("--density", default="sparse", help="sparse (~8 cells), medium (~20), dense (~40) or a mean cell count")
+    synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument("--bit-depth", type=int, choices=(8, 16), default=8)
+    synth.add_argument("--overwrite", action="store_true", help="replace images/ and masks/ if they exist")
+
+    convert = commands.add_parser("convert", help="convert any supported dataset to folder pairs (images/, masks/ 16-bit PNG labels)")
+    convert.add_argument("source", type=Path)
+    convert.add_argument("--out", required=True, type=Path)
+    convert.add_argument("--overwrite", action="store_true", help="replace images/ and masks/ if they exist")
+    _add_reader_options(convert, argparse.SUPPRESS)
+
+    split = commands.add_parser("split", help="write a deterministic train/validation split (JSON); an existing one is reused")
+    split.add_argument("dataset", type=Path)
+    split.add_argument("--out", required=True, type=Path, help="split file, e.g. results/run/split.json")
+    split.add_argument("--seed", type=int, default=0)
+    split.add_argument("--val-fraction", type=float, default=0.2)
+    split.add_argument("--overwrite", action="store_true", help="make a new split even if the file exists")
+    _add_reader_options(split, argparse.SUPPRESS)
+
+    summary = commands.add_parser("summary", help="print images, sizes, bit depths and cells per image")
+    summary.add_argument("dataset", type=Path)
+    summary.add_argument("--csv", type=Path, help="also write the per-image table here")
+    summary.add_argument("--overwrite", action="store_true", help="replace an existing --csv file")
+    _add_reader_options(summary, argparse.SUPPRESS)
+    return parser
+
+
+def open_dataset(path: Path, args: argparse.Namespace) -> Dataset:
+    """Read a dataset with the format and reader options given on the command line."""
+    options = {dest: getattr(args, dest) for dest in READER_OPTIONS if getattr(args, dest, None) is not None}
+    return read_dataset(path, format=args.format, **options)
+
+
+def _write_image_like_source(source: Path, folder: Path, name: str) -> None:
+    """Keep the image file as it is (copied) when the folder reader takes its type, else write a PNG/TIFF."""
+    suffix = source.suffix.lower()
+    if suffix in IMAGE_SUFFIXES:
+        shutil.copyfile(source, folder / f"{name}{suffix}")
+        return
+    array = read_array(source)
+    if array.dtype in (np.uint8, np.uint16) and (array.ndim == 2 or (array.dtype == np.uint8 and array.shape[-1] in (3, 4))):
+        write_png(folder / f"{name}.png", array)
+    else:
+        import tifffile
+
+        tifffile.imwrite(str(folder / f"{name}.tif"), array)
+
+
+def convert(dataset: Dataset, out: Path, overwrite: bool = False) -> Path:
+    """Write ``out/images/<stem>.<ext>`` (the original file) and ``out/masks/<stem>.png`` (16-bit labels).
+
+    Each sample is loaded and checked first; on any error nothing is left behind.
+    """
+    check_can_write(out, overwrite)
+    with staged_folders(out, ("images", "masks")) as staged:
+        for entry in dataset.entries:
+            sample = load_entry(entry)
+            labels_suffix = ".png" if sample.labels.max() <= 65535 else ".tif"
+            if entry.source and Path(entry.source).is_file():
+                _write_image_like_source(Path(entry.source), staged["images"], entry.name)
+            else:
+                write_png(staged["images"] / f"{entry.name}.png", (sample.image * 255 + 0.5).astype(np.uint8))
+            write_labels(staged["masks"] / f"{entry.name}{labels_suffix}", sample.labels)
+    return out
+
+
+def _synth(args: argparse.Namespace) -> int:
+    from .synthetic import cells_per_image, write_dataset
+
+    if args.n < 1:
+        raise DatasetError(f"--n must be at least 1, got {args.n}")
+    density: Any = args.density
+    cells_per_image(density)
+    check_can_write(args.out, args.overwrite)
+    write_dataset(args.out, n_images=args.n, size=args.size, density=density, seed=args.seed, bit_depth=args.bit_depth, overwrite=args.overwrite)
+    print(f"wrote {args.n} synthetic images ({args.size}x{args.size}, {args.density}, {args.bit_depth}-bit, seed {args.seed}) to {args.out}/images and {args.out}/masks")
+    return 0
+
+
+def _convert(args: argparse.Namespace) -> int:
+    check_can_write(args.out, args.overwrite)
+    dataset = open_dataset(args.source, args)
+    convert(dataset, args.out, args.overwrite)
+    print(f"converted {len(dataset)} samples ({dataset.format}) to {args.out}/images and {args.out}/masks")
+    return 0
+
+
+def _split(args: argparse.Namespace) -> int:
+    dataset = open_dataset(args.dataset, args)
+    if args.out.exists() and not args.overwrite:
+        split = read_split(args.out, dataset.names)
+        asked = {"seed": args.seed, "val_fraction": args.val_fraction}
+        differ = [key for key, value in asked.items() if key in split and split[key] != value]
+        if differ:
+            held = ", ".join(f"{key} {split[key]}" for key in differ)
+            raise DatasetError(
+                f"split file exists with {held}; it is reused, never regenerated: ask for the same values or pass --overwrite", args.out
+            )
+        unlisted = len(set(dataset.names) - set(split["train"]) - set(split["val"]))
+        note = f"; {unlisted} image(s) of the dataset are in neither side" if unlisted else ""
+        print(f"reusing existing split {args.out}: {len(split['train'])} train, {len(split['val'])} val{note}")
+        return 0
+    split = make_split(dataset.names, args.val_fraction, args.seed, str(args.dataset))
+    write_split(args.out, split, overwrite=args.overwrite)
+    print(f"wrote {args.out}: {len(split['train'])} train, {len(split['val'])} val (seed {args.seed})")
+    return 0
+
+
+def _summary(args: argparse.Namespace) -> int:
+    from .summary import summarize, summary_text
+
+    if args.csv is not None:
+        check_can_write(args.csv, args.overwrite)
+    dataset = open_dataset(args.dataset, args)
+    frame = summarize(dataset)
+    print(f"dataset: {dataset.root} (format {dataset.format})")
+    print(summary_text(frame))
+    if args.csv is not None:
+        write_csv(args.csv, frame)
+    return 0
+
+
+COMMANDS = {"synth": _synth, "convert": _convert, "split": _split, "summary": _summary}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except DatasetError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except OSError as error:
+        where = f"{error.filename}: " if error.filename else ""
+        print(f"error: {where}{error.strerror or error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,475 @@
+"""Run settings: a YAML or JSON file -> one validated ``Settings`` object.
+
+A config file is a mapping with the sections ``semantic``, ``instance`` and
+``stats`` (every key optional; defaults below are the paper's settings). It may
+start from a preset with ``base: paper`` (or ``small``, ``tiny``, or a path to
+another config file) and change only some keys; mappings are merged key by key.
+
+Datasets are given per study, either as a folder or file
+(``dataset: {path: ..., format: ..., options: {...}}``; ``format`` is detected
+when left out, ``options`` go to the reader) or as synthetic data made by the
+project (``dataset: {synthetic: {n_images, size, density, seed}}``). Relative
+paths are read from the current directory; ``~`` and ``$VARS`` are expanded.
+
+Every problem is a ``RunError`` with one line naming the file, the key and the
+fix (unknown keys list the valid ones).
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import os
+import typing
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import RunError
+
+PRESET_DIR = Path(__file__).resolve().parent / "configs"
+SEMANTIC_MODELS = ("unet", "deeplabv3plus", "segnet", "maskrcnn")
+SEMANTIC_METRICS = ("dice", "jaccard", "pixel_accuracy")
+SAM_MODES = ("box", "box_point", "box_mask")
+SAM_SCORES = ("maskrcnn", "sam_iou")
+SAM_VARIANTS = ("vit_h", "vit_l", "vit_b", "vit_tiny")
+INTERPOLATIONS = (11, 101)
+DENSITY_NAMES = ("sparse", "medium", "dense")
+POSTHOC_TESTS = ("dunn", "conover", "wilcoxon")
+
+
+@dataclass
+class SyntheticData:
+    """Synthetic micrographs written by ``data.synthetic.write_dataset`` into the results folder."""
+
+    n_images: int = 40
+    size: int = 128
+    density: str | float = "medium"
+    seed: int = 0
+
+    def check(self, where: str) -> None:
+        _require(self.n_images >= 2, where, "n_images", f"needs at least 2 images to split, got {self.n_images}")
+        _require(self.size >= 32, where, "size", f"must be at least 32 pixels, got {self.size}")
+        if isinstance(self.density, str):
+            try:
+                float(self.density)
+            except ValueError:
+                _require(self.density in DENSITY_NAMES, where, "density",
+                         f"'{self.density}' is not one of {', '.join(DENSITY_NAMES)} or a number of cells per image")
+        else:
+            _require(self.density > 0, where, "density", f"must be positive, got {self.density}")
+
+
+@dataclass
+class DatasetConfig:
+    """Where a study's images come from: ``path`` (+ ``format``, reader ``options``) or ``synthetic``."""
+
+    path: str | None = None
+    format: str | None = None
+    options: dict = field(default_factory=dict)
+    synthetic: SyntheticData | None = None
+
+    def check(self, where: str) -> None:
+        if (self.path is None) == (self.synthetic is None):
+            raise _error(where, "", "give exactly one of 'path' (a dataset folder or file) or 'synthetic' ({n_images, size, density, seed})")
+        if self.synthetic is not None:
+            _require(self.format is None and not self.options, where, "format",
+                     "'format' and 'options' apply to a dataset 'path', not to synthetic data")
+            self.synthetic.check(f"{where}.synthetic")
+        else:
+            self.path = os.path.expandvars(os.path.expanduser(self.path))
+
+    @property
+    def label(self) -> str:
+        if self.synthetic is not None:
+            s = self.synthetic
+            return f"synthetic ({s.n_images} images, {s.size}x{s.size} px, {s.density} density, seed {s.seed})"
+        return f"{self.path}" + (f" ({self.format})" if self.format else "")
+
+
+@dataclass
+class SplitConfig:
+    """Train/validation split of a study's dataset (``data.split.make_split``)."""
+
+    val_fraction: float = 0.2
+    seed: int = 0
+
+    def check(self, where: str) -> None:
+        _require(0.0 < self.val_fraction < 1.0, where, "val_fraction", f"must be between 0 and 1, got {self.val_fraction}")
+
+
+@dataclass
+class SemanticConfig:
+    """Study A: four Keras models, threshold sweep, statistics, Figures 1-4."""
+
+    enabled: bool = True
+    dataset: DatasetConfig = field(default_factory=lambda: DatasetConfig(synthetic=SyntheticData(density="medium")))
+    split: SplitConfig = field(default_factory=SplitConfig)
+    models: list[str] = field(default_factory=lambda: list(SEMANTIC_MODELS))
+    image_size: int = 512
+    epochs: int = 100
+    batch_size: int = 8
+    encoder_weights: str | None = "imagenet"
+    augment: bool = True
+    mixed_precision: bool = False
+    seed: int = 0
+    model_options: dict = field(default_factory=dict)
+    metrics: list[str] = field(default_factory=lambda: list(SEMANTIC_METRICS))
+    figure_images: int = 3
+
+    def check(self, where: str) -> None:
+        self.dataset.check(f"{where}.dataset")
+        self.split.check(f"{where}.split")
+        _require(len(self.models) > 0, where, "models", f"list at least one of {', '.join(SEMANTIC_MODELS)}")
+        for model in self.models:
+            _require(model in SEMANTIC_MODELS, where, "models", f"unknown model '{model}'{_suggest(model, SEMANTIC_MODELS)}; valid: {', '.join(SEMANTIC_MODELS)}")
+        _require(len(set(self.models)) == len(self.models), where, "models", "a model is listed twice")
+        _require(self.image_size >= 32 and self.image_size % 32 == 0, where, "image_size",
+                 f"must be a multiple of 32 and at least 32 (the encoders downsample 5 times), got {self.image_size}")
+        _require(self.epochs >= 1, where, "epochs", f"must be at least 1, got {self.epochs}")
+        _require(self.batch_size >= 1, where, "batch_size", f"must be at least 1, got {self.batch_size}")
+        _require(self.encoder_weights in (None, "imagenet"), where, "encoder_weights",
+                 f"must be 'imagenet' or none (random initialisation), got '{self.encoder_weights}'")
+        for name, options in self.model_options.items():
+            _require(name in SEMANTIC_MODELS, where, "model_options", f"unknown model '{name}'; valid: {', '.join(SEMANTIC_MODELS)}")
+            _require(isinstance(options, dict), where, f"model_options.{name}", "must be a mapping of option: value")
+        for metric in self.metrics:
+            _require(metric in SEMANTIC_METRICS, where, "metrics", f"unknown metric '{metric}'{_suggest(metric, SEMANTIC_METRICS)}; valid: {', '.join(SEMANTIC_METRICS)}")
+        _require(self.figure_images >= 1, where, "figure_images", f"must be at least 1, got {self.figure_images}")
+
+
+@dataclass
+class SamConfig:
+    """SAM prompted with Mask R-CNN's boxes (no fine-tuning)."""
+
+    variant: str = "vit_h"
+    checkpoint: str | None = None
+    modes: list[str] = field(default_factory=lambda: list(SAM_MODES))
+    score: str = "maskrcnn"
+
+    def check(self, where: str) -> None:
+        _require(len(self.modes) > 0, where, "modes", f"list at least one of {', '.join(SAM_MODES)}")
+        for mode in self.modes:
+            _require(mode in SAM_MODES, where, "modes", f"unknown prompt mode '{mode}'{_suggest(mode, SAM_MODES)}; valid: {', '.join(SAM_MODES)}")
+        _require(len(set(self.modes)) == len(self.modes), where, "modes", "a mode is listed twice")
+        _require(self.variant in SAM_VARIANTS, where, "variant", f"unknown SAM variant '{self.variant}'{_suggest(self.variant, SAM_VARIANTS)}; valid: {', '.join(SAM_VARIANTS)} (vit_tiny: small random encoder for demos)")
+        _require(self.score in SAM_SCORES, where, "score", f"must be one of {', '.join(SAM_SCORES)} (the score that ranks SAM masks), got '{self.score}'")
+        if self.checkpoint is not None and self.checkpoint.strip().lower() in ("none", "null", ""):
+            self.checkpoint = None
+        if self.checkpoint is not None:
+            self.checkpoint = os.path.expandvars(os.path.expanduser(self.checkpoint))
+
+
+@dataclass
+class EvaluationConfig:
+    """Instance evaluation conventions: AP interpolation (11 = the paper's, 101 = pycocotools) and detection cap per image."""
+
+    interpolations: list[int] = field(default_factory=lambda: list(INTERPOLATIONS))
+    max_dets: dict = field(default_factory=lambda: {11: 300, 101: 100})
+
+    def check(self, where: str) -> None:
+        _require(len(self.interpolations) > 0, where, "interpolations", f"list at least one of {', '.join(map(str, INTERPOLATIONS))}")
+        caps = {}
+        for name, cap in self.max_dets.items():
+            try:
+                key = int(str(name).removesuffix("point"))
+            except ValueError:
+                key = None
+            _require(key in INTERPOLATIONS, where, "max_dets", f"unknown interpolation '{name}'; valid: {', '.join(map(str, INTERPOLATIONS))}")
+            _require(isinstance(cap, int) and not isinstance(cap, bool) and cap >= 1, where, f"max_dets.{name}", f"must be a positive whole number, got {cap!r}")
+            caps[key] = cap
+        self.max_dets = caps
+        for name in self.interpolations:
+            _require(name in INTERPOLATIONS, where, "interpolations", f"unknown interpolation {name}; valid: {', '.join(map(str, INTERPOLATIONS))} (recall points)")
+            _require(name in self.max_dets, where, "max_dets", f"give the detection cap for {name} (e.g. max_dets: {{{name}: 100}})")
+        _require(len(set(self.interpolations)) == len(self.interpolations), where, "interpolations", "an interpolation is listed twice")
+
+
+@dataclass
+class InstanceConfig:
+    """Study B: Mask R-CNN (torchvision) vs SAM prompted with its boxes."""
+
+    enabled: bool = True
+    dataset: DatasetConfig = field(default_factory=lambda: DatasetConfig(synthetic=SyntheticData(density="dense")))
+    split: SplitConfig = field(default_factory=SplitConfig)
+    image_size: int = 512
+    epochs: int = 50
+    batch_size: int = 2
+    lr: float = 0.003
+    weight_decay: float = 0.0005
+    weights: str | None = "coco"
+    detections_per_image: int = 300
+    device: str = "auto"
+    seed: int = 0
+    sam: SamConfig = field(default_factory=SamConfig)
+    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
+    figure_images: int = 3
+
+    def check(self, where: str) -> None:
+        self.dataset.check(f"{where}.dataset")
+        self.split.check(f"{where}.split")
+        _require(self.image_size >= 32, where, "image_size", f"must be at least 32, got {self.image_size}")
+        _require(self.epochs >= 1, where, "epochs", f"must be at least 1, got {self.epochs}")
+        _require(self.batch_size >= 1, where, "batch_size", f"must be at least 1, got {self.batch_size}")
+        _require(self.lr > 0, where, "lr", f"must be positive, got {self.lr}")
+        _require(self.weight_decay >= 0, where, "weight_decay", f"must be zero or positive, got {self.weight_decay}")
+        _require(self.weights in (None, "coco"), where, "weights", f"must be 'coco' or none (random initialisation), got '{self.weights}'")
+        _require(self.detections_per_image >= 1, where, "detections_per_image", f"must be at least 1, got {self.detections_per_image}")
+        _require(self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"), where, "device",
+                 f"must be auto, cpu, cuda or cuda:N, got '{self.device}'")
+        self.sam.check(f"{where}.sam")
+        self.evaluation.check(f"{where}.evaluation")
+        _require(self.figure_images >= 1, where, "figure_images", f"must be at least 1, got {self.figure_images}")
+
+
+@dataclass
+class StatsConfig:
+    """Statistics over per-image scores: the paper's post hoc test (Dunn-Bonferroni) and a paired one."""
+
+    posthoc: str = "dunn"
+    alpha: float = 0.05
+
+    def check(self, where: str) -> None:
+        _require(self.posthoc in POSTHOC_TESTS, where, "posthoc", f"must be one of {', '.join(POSTHOC_TESTS)}, got '{self.posthoc}'")
+        _require(0.0 < self.alpha < 1.0, where, "alpha", f"must be between 0 and 1, got {self.alpha}")
+
+
+@dataclass
+class Settings:
+    """Every setting of one run of both studies (``config.json`` in the results folder)."""
+
+    name: str = "run"
+    description: str = ""
+    semantic: SemanticConfig = field(default_factory=SemanticConfig)
+    instance: InstanceConfig = field(default_factory=InstanceConfig)
+    stats: StatsConfig = field(default_factory=StatsConfig)
+    source: str = ""
+
+    def check(self, where: str = "") -> None:
+        _require(bool(self.name) and all(c.isalnum() or c in "-_." for c in self.name), where, "name",
+                 f"must be a non-empty name of letters, digits, '-', '_' or '.', got '{self.name}'")
+        self.semantic.check("semantic")
+        self.instance.check("instance")
+        self.stats.check("stats")
+        _require(self.semantic.enabled or self.instance.enabled, where, "enabled", "both studies are disabled; nothing to run")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @property
+    def untrained(self) -> list[str]:
+        """Human-readable list of the parts that run without pretrained weights (for the report's banner)."""
+        parts = []
+        if self.semantic.enabled and self.semantic.encoder_weights is None:
+            parts.append("semantic encoders randomly initialised (no ImageNet weights)")
+        if self.instance.enabled and self.instance.weights is None:
+            parts.append("Mask R-CNN randomly initialised (no COCO weights)")
+        if self.instance.enabled and self.instance.sam.checkpoint is None:
+            parts.append(f"SAM {self.instance.sam.variant} with random, untrained weights (no checkpoint)")
+        return parts
+
+    @property
+    def synthetic(self) -> bool:
+        return any(
+            study.enabled and study.dataset.synthetic is not None for study in (self.semantic, self.instance)
+        )
+
+
+def _error(where: str, key: str, problem: str) -> RunError:
+    label = ".".join(part for part in (where, key) if part)
+    return RunError(f"{label}: {problem}" if label else problem)
+
+
+def _require(ok: bool, where: str, key: str, problem: str) -> None:
+    if not ok:
+        raise _error(where, key, problem)
+
+
+def _suggest(word: str, choices: typing.Iterable[str]) -> str:
+    close = difflib.get_close_matches(str(word), list(choices), n=1)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def _type_name(annotation: Any) -> str:
+    names = {int: "a whole number", float: "a number", bool: "true or false", str: "a text value", list: "a list", dict: "a mapping"}
+    if annotation in names:
+        return names[annotation]
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    if typing.get_origin(annotation) is list:
+        return "a list"
+    if typing.get_origin(annotation) is dict:
+        return "a mapping"
+    if args:
+        return " or ".join(_type_name(a) for a in args) + (" or none" if type(None) in typing.get_args(annotation) else "")
+    return getattr(annotation, "__name__", str(annotation))
+
+
+def _convert(value: Any, annotation: Any, where: str, key: str) -> Any:
+    """``value`` as ``annotation`` (int, float, bool, str, list[str], dict, unions, dataclasses)."""
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        options = typing.get_args(annotation)
+        if value is None or (isinstance(value, str) and value.strip().lower() in ("none", "null")):
+            if type(None) in options:
+                return None
+            raise _error(where, key, f"must be {_type_name(annotation)}, got none")
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return _convert(value, option, where, key)
+            except RunError:
+                continue
+        raise _error(where, key, f"must be {_type_name(annotation)}, got {value!r}")
+    if dataclasses.is_dataclass(annotation):
+        return build(annotation, value, f"{where}.{key}" if where else key)
+    if origin is list or annotation is list:
+        if not isinstance(value, list):
+            raise _error(where, key, f"must be a list, got {value!r}")
+        (item_type,) = typing.get_args(annotation) or (Any,)
+        return [value_ if item_type is Any else _convert(value_, item_type, where, key) for value_ in value]
+    if origin is dict or annotation is dict:
+        if not isinstance(value, dict):
+            raise _error(where, key, f"must be a mapping, got {value!r}")
+        return dict(value)
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+        raise _error(where, key, f"must be true or false, got {value!r}")
+    if annotation is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise _error(where, key, f"must be a whole number, got {value!r}")
+    if annotation is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise _error(where, key, f"must be a number, got {value!r}")
+    if annotation is str:
+        if isinstance(value, str):
+            return value
+        raise _error(where, key, f"must be a text value, got {value!r}")
+    return value
+
+
+def build(cls: type, data: Any, where: str = "") -> Any:
+    """An instance of dataclass ``cls`` from a mapping; unknown keys and wrong types are ``RunError``."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise _error(where, "", f"must be a mapping of key: value, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    known = [f.name for f in dataclasses.fields(cls) if f.name != "source"]
+    values = {}
+    for key, value in data.items():
+        if key not in known:
+            raise _error(where, str(key), f"unknown key{_suggest(str(key), known)}; valid keys here: {', '.join(known)}")
+        values[key] = _convert(value, hints[key], where, key)
+    return cls(**values)
+
+
+def _read_mapping(path: Path) -> dict:
+    if not path.is_file():
+        raise RunError(f"{path}: config file not found")
+    text = path.read_text()
+    try:
+        if path.suffix.lower() == ".json":
+            data = json.loads(text)
+        else:
+            import yaml
+
+            data = yaml.safe_load(text)
+    except Exception as error:  # noqa: BLE001 - any parser failure is bad input
+        detail = " ".join(str(error).split())
+        raise RunError(f"{path}: not valid {'JSON' if path.suffix.lower() == '.json' else 'YAML'} ({detail})") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise RunError(f"{path}: a config file must be a mapping of section: settings, got {type(data).__name__}")
+    return data
+
+
+def _merge(base: dict, override: dict) -> dict:
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict) and key not in ("dataset", "max_dets", "options"):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def preset_path(name: str) -> Path:
+    """The packaged preset ``name`` (paper, small, tiny)."""
+    path = PRESET_DIR / f"{name}.yaml"
+    if not path.is_file():
+        raise RunError(f"unknown preset '{name}'{_suggest(name, available_presets())}; presets: {', '.join(available_presets())}")
+    return path
+
+
+def available_presets() -> list[str]:
+    return sorted(path.stem for path in PRESET_DIR.glob("*.yaml"))
+
+
+def _resolve_mapping(path: Path, seen: tuple[Path, ...] = ()) -> dict:
+    if path.resolve() in seen:
+        raise RunError(f"{path}: 'base' refers back to itself")
+    data = _read_mapping(path)
+    base = data.pop("base", None)
+    if base is None:
+        return data
+    if not isinstance(base, str):
+        raise RunError(f"{path}: base: must be a preset name ({', '.join(available_presets())}) or a config file path")
+    if base.endswith((".yaml", ".yml", ".json")):
+        base_path = Path(base) if Path(base).is_absolute() else path.parent / base
+    else:
+        base_path = preset_path(base)
+    return _merge(_resolve_mapping(base_path, seen + (path.resolve(),)), data)
+
+
+def from_mapping(data: dict, name: str = "run", source: str = "") -> Settings:
+    """Validated settings from an already-parsed mapping (``base`` not allowed here)."""
+    data = dict(data)
+    data.setdefault("name", name)
+    where = source
+    try:
+        settings = build(Settings, data)
+        settings.check()
+    except RunError as error:
+        raise RunError(f"{where}: {error}" if where else str(error)) from None
+    settings.source = source
+    return settings
+
+
+def load_config(path: str | Path | None = None) -> Settings:
+    """Settings from a YAML/JSON file or a preset name; ``None`` is the ``small`` preset."""
+    if path is None:
+        path = preset_path("small")
+    path = Path(path)
+    if not path.suffix and not path.exists() and (PRESET_DIR / f"{path.name}.yaml").is_file():
+        path = preset_path(path.name)
+    data = _resolve_mapping(path)
+    return from_mapping(data, name=path.stem, source=str(path))
+
+
+def check_inputs(settings: Settings) -> None:
+    """Check that every dataset path and the SAM checkpoint named in the settings exist (before any work)."""
+    for study_name in ("semantic", "instance"):
+        study = getattr(settings, study_name)
+        if study.enabled and study.dataset.path is not None and not Path(study.dataset.path).exists():
+            raise RunError(
+                f"{settings.source or 'config'}: {study_name}.dataset.path: {study.dataset.path} does not exist; "
+                "put the dataset there or change the path (or use 'synthetic: {n_images: 40}' for generated data)"
+            )
+    sam = settings.instance.sam
+    if settings.instance.enabled and sam.checkpoint is not None and not Path(sam.checkpoint).is_file():
+        raise RunError(
+            f"{settings.source or 'config'}: instance.sam.checkpoint: {sam.checkpoint} not found; download the SAM "
+            f"'{sam.variant}' checkpoint into {Path(sam.checkpoint).parent} or set 'checkpoint: none' to run SAM untrained (demo only)"
+        )

@@ -1,0 +1,400 @@
+"""One self-contained ``report.html`` of a results folder, made only from the files the steps wrote.
+
+Figures are embedded as base64 PNG, so the file can be mailed or opened anywhere; the
+CSV links are relative to the results folder. Parts that have not run yet are named as
+missing. ``python -m mscseg.report RESULTS_DIR`` remakes it without rerunning anything.
+"""
+from __future__ import annotations
+
+import argparse
+import base64
+import datetime as _dt
+import html
+import json
+import sys
+from pathlib import Path
+from typing import Any, Iterable
+
+import pandas as pd
+
+from .errors import RunError
+
+PUBLISHED_DIR = Path(__file__).resolve().parent / "published"
+MODEL_LABELS = {"unet": "U-Net", "deeplabv3plus": "DeepLabV3+", "segnet": "SegNet", "maskrcnn": "Mask R-CNN"}
+METHOD_LABELS = {"maskrcnn": "Mask R-CNN", "sam_box": "SAM (box)", "sam_box_point": "SAM (box + point)",
+                 "sam_box_mask": "SAM (box + mask)"}
+METRIC_LABELS = {"dice": "Dice (DC)", "jaccard": "Jaccard (JI)", "pixel_accuracy": "Pixel accuracy (PA)", "ap": "AP"}
+FIGURES = (
+    ("fig1", "Figure 1 (semantic)", "Loss and pixel accuracy per epoch, training and validation, per model."),
+    ("fig2", "Figure 2 (semantic)", "Mean metric over the validation images against the threshold (band: +-1 sd); optimum marked."),
+    ("fig3", "Figure 3 (semantic)", "Per-image scores at each model's optimal threshold with post hoc significance brackets."),
+    ("fig4", "Figure 4 (semantic)", "Validation images, ground truth, and each model's mask at its Dice-optimal threshold."),
+    ("instance", "Instance figure", "Micrograph, ground truth, Mask R-CNN and SAM masks per validation image."),
+)
+
+CSS = """
+body{font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:0;background:#f6f7f9;color:#1d2330}
+main{max-width:1180px;margin:0 auto;padding:24px 32px 64px;background:#fff;min-height:100vh}
+h1{margin:0 0 4px;font-size:28px} h2{margin-top:40px;border-bottom:2px solid #dde3ea;padding-bottom:4px}
+h3{margin-top:26px;color:#33415c} .muted{color:#66707f;font-size:13px}
+.banner{background:#fff4d6;border:2px solid #e0a800;border-radius:6px;padding:12px 16px;margin:16px 0;font-size:15px}
+.banner b{color:#8a5a00} .ok{color:#1b7a35} .bad{color:#b3261e}
+table{border-collapse:collapse;margin:10px 0 18px;font-size:13px}
+th,td{border:1px solid #d5dbe3;padding:4px 8px;text-align:right} th{background:#eef2f7}
+td:first-child,th:first-child{text-align:left} tr:nth-child(even) td{background:#fafbfc}
+figure{margin:14px 0 28px} figure img{max-width:100%;border:1px solid #dde3ea}
+figcaption{font-size:13px;color:#4a5568;margin-top:4px}
+pre{background:#f3f5f8;padding:10px;overflow-x:auto;font-size:12px;border-radius:4px}
+.cols{display:flex;gap:28px;flex-wrap:wrap;align-items:flex-start} nav a{margin-right:14px}
+"""
+
+
+# ---------------------------------------------------------------- small helpers
+
+def _e(text: Any) -> str:
+    return html.escape(str(text))
+
+
+def _read_csv(path: Path) -> pd.DataFrame | None:
+    if not path.is_file():
+        return None
+    try:
+        return pd.read_csv(path)
+    except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError):
+        return None
+
+
+def _read_json(path: Path) -> Any:
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return None
+
+
+def _format(value: Any, digits: int = 3) -> str:
+    if isinstance(value, float):
+        if value != value:
+            return "n/a"
+        if abs(value) >= 1000 or value == int(value) and abs(value) >= 100:
+            return f"{value:.0f}"
+        if value != 0 and abs(value) < 10 ** -digits:
+            return f"{value:.1e}"
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def table_html(frame: pd.DataFrame, digits: int = 3, labels: dict[str, str] | None = None) -> str:
+    """A DataFrame as an HTML table (no index), floats rounded to ``digits``."""
+    labels = labels or {}
+    head = "".join(f"<th>{_e(labels.get(str(c), c))}</th>" for c in frame.columns)
+    rows = []
+    for record in frame.itertuples(index=False):
+        rows.append("<tr>" + "".join(f"<td>{_e(_format(v, digits))}</td>" for v in record) + "</tr>")
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
+
+
+def _missing(what: str) -> str:
+    return f'<p class="muted">{_e(what)}: not produced yet (the step has not run or is not available).</p>'
+
+
+def image_html(path: Path, alt: str) -> str:
+    data = base64.b64encode(path.read_bytes()).decode("ascii")
+    return f'<img alt="{_e(alt)}" src="data:image/png;base64,{data}">'
+
+
+def _mean_sd(mean: Any, sd: Any) -> str:
+    try:
+        return f"{float(mean):.3f} ± {float(sd):.3f}"
+    except (TypeError, ValueError):
+        return "n/a"
+
+
+# ---------------------------------------------------------------- sections
+
+def _banner(settings: dict) -> str:
+    parts = []
+    semantic, instance = settings.get("semantic", {}), settings.get("instance", {})
+    if semantic.get("enabled", True) and semantic.get("encoder_weights") in (None, "none"):
+        parts.append("the semantic models start from random weights (no ImageNet encoders)")
+    if instance.get("enabled", True) and instance.get("weights") in (None, "none"):
+        parts.append("Mask R-CNN starts from random weights (no COCO weights)")
+    sam = instance.get("sam", {})
+    if instance.get("enabled", True) and sam.get("checkpoint") in (None, "none"):
+        parts.append(f"SAM ({_e(sam.get('variant', '?'))}) has random, untrained weights")
+    synthetic = [name for name, study in (("semantic", semantic), ("instance", instance))
+                 if study.get("enabled", True) and (study.get("dataset") or {}).get("synthetic")]
+    if synthetic:
+        parts.append(f"the {' and '.join(synthetic)} data are synthetic images made by the project")
+    if not parts:
+        return ""
+    return (
+        '<div class="banner" id="demo-banner"><b>Demonstration run, not a reproduction.</b> In this run '
+        + "; ".join(parts)
+        + ". The numbers below show that every step works; they say nothing about how the models perform on "
+        "real micrographs. Compare with the papers only after a run with configs/paper.yaml.</div>"
+    )
+
+
+def _status_section(root: Path) -> str:
+    stamps = sorted((root / ".stamps").glob("*.json"), key=lambda p: (_read_json(p) or {}).get("started", ""))
+    if not stamps:
+        return _missing("step status")
+    rows = []
+    for path in stamps:
+        stamp = _read_json(path) or {}
+        status = stamp.get("status", "?")
+        css = "ok" if status == "done" else "bad"
+        log = stamp.get("log", "")
+        wall = stamp.get("wall_s")
+        rows.append(
+            f"<tr><td>{_e(stamp.get('step', path.stem))}</td><td class='{css}'>{_e(status)}</td>"
+            f"<td>{_e(_format(float(wall), 1)) + ' s' if wall is not None else ''}</td><td>{_e(stamp.get('finished', ''))}</td>"
+            f"<td><a href='{_e(log)}'>{_e(log)}</a></td></tr>"
+        )
+    return ("<table><thead><tr><th>step</th><th>status</th><th>wall time</th><th>finished</th><th>log</th></tr></thead>"
+            f"<tbody>{''.join(rows)}</tbody></table>")
+
+
+def _settings_section(config: dict) -> str:
+    settings = config.get("settings", {})
+    versions = config.get("versions", {})
+    try:
+        import yaml
+
+        text = yaml.safe_dump(settings, sort_keys=False, default_flow_style=False)
+    except Exception:  # noqa: BLE001 - fall back to JSON when YAML is unavailable
+        text = json.dumps(settings, indent=2)
+    version_table = table_html(pd.DataFrame({"library": list(versions), "version": list(versions.values())}))
+    command = " ".join(config.get("command", []))
+    return (f"<h3>Library versions</h3>{version_table}<h3>Command</h3><pre>{_e(command)}</pre>"
+            f"<h3>Settings (config.json)</h3><pre>{_e(text)}</pre>")
+
+
+def _data_section(root: Path) -> str:
+    parts = []
+    for study in ("semantic", "instance"):
+        frame = _read_csv(root / "data" / f"summary_{study}.csv")
+        split = _read_json(root / ("split.json" if study == "semantic" else "instance/split.json"))
+        if frame is None:
+            continue
+        sizes = sorted({f"{w}x{h}" for w, h in zip(frame["width"], frame["height"])})
+        line = (f"<b>{study}</b>: {len(frame)} images ({', '.join(sizes[:4])}{' ...' if len(sizes) > 4 else ''} px), "
+                f"{frame['n_cells'].mean():.1f} cells per image (min {frame['n_cells'].min()}, max {frame['n_cells'].max()}), "
+                f"cell area fraction {frame['cell_fraction'].mean():.3f}")
+        if split:
+            line += f"; split: {len(split.get('train', []))} train / {len(split.get('val', []))} validation (seed {split.get('seed')})"
+        if split and split.get("source"):
+            line += f"; source: {_e(split['source'])}"
+        parts.append(f"<p>{line}</p>")
+    return "".join(parts) or _missing("data summary")
+
+
+def table1_comparison(ours: pd.DataFrame, published: pd.DataFrame) -> pd.DataFrame:
+    """Table 1 of this run beside the paper's: one row per model, 'mean ± sd' per metric and source."""
+    rows = []
+    models = list(dict.fromkeys(list(ours["model"]) + [m for m in published["model"] if m in set(ours["model"])]))
+    for model in models:
+        row: dict[str, Any] = {"model": MODEL_LABELS.get(model, model)}
+        mine = ours[ours["model"] == model]
+        paper = published[published["model"] == model]
+        for metric, short in (("dice", "DC"), ("jaccard", "JI"), ("pixel_accuracy", "PA")):
+            row[f"{short} (this run)"] = _mean_sd(mine[f"{metric}_mean"].iloc[0], mine[f"{metric}_std"].iloc[0]) if len(mine) else "n/a"
+            row[f"{short} (paper)"] = _mean_sd(paper[f"{metric}_mean"].iloc[0], paper[f"{metric}_std"].iloc[0]) if len(paper) else "n/a"
+        row["threshold (this run)"] = f"{float(mine['threshold'].iloc[0]):.2f}" if len(mine) else "n/a"
+        row["threshold (paper)"] = f"{float(paper['threshold'].iloc[0]):.2f}" if len(paper) else "n/a"
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _training_times(root: Path) -> pd.DataFrame | None:
+    published = _read_csv(PUBLISHED_DIR / "training_time.csv")
+    rows = []
+    for run_json in sorted((root / "semantic").glob("*/run.json")):
+        run = _read_json(run_json) or {}
+        model = run_json.parent.name
+        wall = run.get("wall_time_s", run.get("wall_s", run.get("train_time_s")))
+        settings = run.get("settings", {})
+        paper = published[published["model"] == model] if published is not None else None
+        rows.append({
+            "model": MODEL_LABELS.get(model, model),
+            "epochs (this run)": settings.get("epochs", run.get("epochs_done", "?")),
+            "wall time s (this run)": wall if wall is not None else "?",
+            "epochs (paper)": int(paper["epochs"].iloc[0]) if paper is not None and len(paper) else "n/a",
+            "wall time s (paper, T4)": int(paper["wall_s"].iloc[0]) if paper is not None and len(paper) else "n/a",
+        })
+    return pd.DataFrame(rows) if rows else None
+
+
+def _semantic_section(root: Path) -> str:
+    sweep = root / "semantic" / "sweep"
+    parts = []
+    ours = _read_csv(sweep / "table1.csv")
+    published = _read_csv(PUBLISHED_DIR / "table1.csv")
+    parts.append("<h3>Table 1: mean ± sd over the validation images at each model's Dice-optimal threshold</h3>")
+    if ours is not None and published is not None:
+        parts.append(table_html(table1_comparison(ours, published)))
+        parts.append('<p class="muted">Paper: 64 validation images of human MSC micrographs (Solopov et al. 2025, Table 1).</p>')
+    else:
+        parts.append(_missing("Table 1 (semantic/sweep/table1.csv)"))
+    optimal = _read_csv(sweep / "optimal.csv")
+    paper_optimal = _read_csv(PUBLISHED_DIR / "optimal_thresholds.csv")
+    if optimal is not None:
+        merged = optimal.rename(columns={"threshold": "threshold (this run)", "mean": "mean at threshold", "std": "sd"})
+        if paper_optimal is not None:
+            merged = merged.merge(paper_optimal[["model", "metric", "threshold"]].rename(columns={"threshold": "threshold (paper)"}),
+                                  on=["model", "metric"], how="left")
+        merged["model"] = merged["model"].map(lambda m: MODEL_LABELS.get(m, m))
+        parts.append("<h3>Optimal thresholds per model and metric</h3>" + table_html(merged))
+    times = _training_times(root)
+    if times is not None:
+        parts.append("<h3>Training time</h3>" + table_html(times, 1))
+    parts.append("<h3>Statistics</h3>" + _stats_html(root / "semantic" / "stats"))
+    return "".join(parts)
+
+
+def _stats_html(folder: Path) -> str:
+    tests = _read_csv(folder / "tests.csv")
+    if tests is None:
+        return _missing(f"statistics ({folder.name})")
+    parts = ["<p>Omnibus tests (Shapiro-Wilk per model, Levene, Friedman):</p>", table_html(tests, 4)]
+    summary = _read_csv(folder / "summary.csv")
+    if summary is not None:
+        parts.append("<p>Per-model summary of the paired scores:</p>" + table_html(summary, 4))
+    matrices = sorted(p for p in folder.glob("*_*.csv") if p.stem.split("_", 1)[0] in ("dunn", "conover", "wilcoxon"))
+    if matrices:
+        parts.append("<p>Post hoc p-value matrices (adjusted):</p><div class='cols'>")
+        for path in matrices:
+            frame = _read_csv(path)
+            if frame is None:
+                continue
+            test, metric = path.stem.split("_", 1)
+            frame = frame.rename(columns=lambda c: MODEL_LABELS.get(c, METHOD_LABELS.get(c, c)))
+            if "model" in frame.columns:
+                frame["model"] = frame["model"].map(lambda m: MODEL_LABELS.get(m, METHOD_LABELS.get(m, m)))
+            parts.append(f"<div><b>{_e(test)}</b>, {_e(METRIC_LABELS.get(metric, metric))}{table_html(frame, 4)}</div>")
+        parts.append("</div>")
+    notes = folder / "notes.txt"
+    if notes.is_file():
+        parts.append(f"<details><summary>Notes on the tests</summary><pre>{_e(notes.read_text())}</pre></details>")
+    return "".join(parts)
+
+
+def _instance_section(root: Path) -> str:
+    parts = ["<h3>Instance table: this run</h3>"]
+    ours = _read_csv(root / "instance" / "instance_table.csv")
+    if ours is not None:
+        shown = ours.copy()
+        if "method" in shown.columns:
+            shown["method"] = shown["method"].map(lambda m: METHOD_LABELS.get(m, m))
+        if "interpolation" in shown.columns:
+            shown["interpolation"] = shown["interpolation"].map(lambda v: f"{v}-point")
+        parts.append(table_html(shown))
+        parts.append('<p class="muted">mAP over IoU 0.50:0.05:0.95; 11-point = the paper\'s interpolation, '
+                     "101-point = pycocotools. max_dets = detections kept per image.</p>")
+    else:
+        parts.append(_missing("instance table (instance/instance_table.csv)"))
+    published = _read_csv(PUBLISHED_DIR / "instance_table.csv")
+    if published is not None:
+        shown = published.drop(columns=["source"]).copy()
+        shown["method"] = shown["method"].map(lambda m: {"sam": "SAM (box)"}.get(m, METHOD_LABELS.get(m, m)))
+        parts.append("<h3>Instance table: the paper</h3>" + table_html(shown))
+    meta = _read_json(root / "instance" / "predictions" / "sam_box.meta.json")
+    if meta:
+        parts.append(f'<p class="muted">SAM: variant {_e(meta.get("variant"))}, checkpoint {_e(meta.get("checkpoint"))}, '
+                     f'masks ranked by {_e(meta.get("score_source_meaning", meta.get("score_source")))}.</p>')
+    parts.append("<h3>Statistics of per-image AP</h3>" + _stats_html(root / "instance" / "stats"))
+    return "".join(parts)
+
+
+def _figures_section(root: Path) -> str:
+    parts = []
+    for stem, title, caption in FIGURES:
+        path = root / "figures" / f"{stem}.png"
+        if path.is_file():
+            pdf = f' <a href="figures/{stem}.pdf">PDF</a>' if (root / "figures" / f"{stem}.pdf").is_file() else ""
+            parts.append(f"<figure id='{stem}'>{image_html(path, title)}<figcaption><b>{_e(title)}.</b> "
+                         f"{_e(caption)}{pdf}</figcaption></figure>")
+        else:
+            parts.append(f"<h3>{_e(title)}</h3>" + _missing(f"figures/{stem}.png"))
+    return "".join(parts)
+
+
+def csv_files(root: Path) -> list[Path]:
+    """Every CSV in the results folder (not the synthetic data), relative to ``root``."""
+    return sorted(p.relative_to(root) for p in root.rglob("*.csv")
+                  if ".stamps" not in p.parts and not p.name.endswith(".partial"))
+
+
+def _files_section(root: Path) -> str:
+    files = csv_files(root)
+    if not files:
+        return _missing("CSV files")
+    items = "".join(f'<li><a href="{_e(p.as_posix())}">{_e(p.as_posix())}</a></li>' for p in files)
+    return f"<ul>{items}</ul>"
+
+
+# ---------------------------------------------------------------- the page
+
+def render_report(root: str | Path) -> str:
+    """The report's HTML text for the results folder ``root``."""
+    root = Path(root)
+    config = _read_json(root / "config.json")
+    if config is None:
+        raise RunError(f"{root / 'config.json'}: not found; this is not a results folder of mscseg-run")
+    settings = config.get("settings", {})
+    name = settings.get("name", root.name)
+    written = _dt.datetime.now().astimezone().isoformat(timespec="seconds")
+    semantic_on = settings.get("semantic", {}).get("enabled", True)
+    instance_on = settings.get("instance", {}).get("enabled", True)
+    sections = [
+        ("status", "Steps", _status_section(root)),
+        ("data", "Data", _data_section(root)),
+    ]
+    if semantic_on:
+        sections.append(("semantic", "Study A: semantic segmentation (4 models)", _semantic_section(root)))
+    if instance_on:
+        sections.append(("instance", "Study B: instance segmentation (Mask R-CNN vs SAM)", _instance_section(root)))
+    sections += [
+        ("figures", "Figures", _figures_section(root)),
+        ("files", "Result files (CSV)", _files_section(root)),
+        ("settings", "Settings and versions", _settings_section(config)),
+    ]
+    nav = "".join(f'<a href="#{key}">{_e(title.split(":")[0])}</a>' for key, title, _ in sections)
+    body = "".join(f'<section id="{key}"><h2>{_e(title)}</h2>{content}</section>' for key, title, content in sections)
+    description = settings.get("description", "")
+    return (
+        "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
+        f"<title>mscseg report: {_e(name)}</title><style>{CSS}</style></head><body><main>"
+        f"<h1>mscseg report: {_e(name)}</h1>"
+        f"<p class='muted'>Results folder {_e(root.resolve())}; report written {_e(written)}.</p>"
+        f"<p>{_e(description)}</p>{_banner(settings)}<nav>{nav}</nav>{body}</main></body></html>"
+    )
+
+
+def write_report(root: str | Path, out: str | Path | None = None) -> Path:
+    """Write ``report.html`` (or ``out``) for the results folder ``root``; returns its path."""
+    from data.outputs import atomic_write_text
+
+    root = Path(root)
+    path = Path(out) if out is not None else root / "report.html"
+    return atomic_write_text(path, render_report(root))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m mscseg.report", description="Remake report.html of a results folder from its files.")
+    parser.add_argument("results", type=Path, help="results folder (holds config.json)")
+    parser.add_argument("--out", type=Path, help="where to write (default RESULTS/report.html)")
+    args = parser.parse_args(argv)
+    try:
+        path = write_report(args.results, args.out)
+    except RunError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

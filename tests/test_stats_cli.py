@@ -137,8 +137,8 @@ def test_import_loads_no_framework_or_matplotlib():
 
 def test_figure3_from_folder_and_from_matrices(tmp_path):
     table = per_image_table(n_images=6)
-    result = stats.analyse(table, ["dice", "jaccard"], tmp_path / "s", n_boot=50)
-    from_folder = figure3(tmp_path / "s" / "values.csv", tmp_path / "s", ["dice", "jaccard"], tmp_path / "a",
+    result = stats.analyse(table, ["dice"], tmp_path / "s", n_boot=50)
+    from_folder = figure3(tmp_path / "s" / "values.csv", tmp_path / "s", ["dice"], tmp_path / "a",
                           test="wilcoxon")
     assert [p.name for p in from_folder] == ["a.png", "a.pdf"]
     assert from_folder[0].read_bytes()[:8] == PNG_MAGIC

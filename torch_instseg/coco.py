@@ -36,6 +36,7 @@ from .errors import InstsegError
 CELL_CATEGORY = {"id": 1, "name": "cell"}
 IN_MEMORY_GT = "<ground truth in memory>"
 IN_MEMORY_RESULTS = "<results in memory>"
+_NO_COUNTS = np.zeros(0, dtype=np.int64)
 
 
 def _error(source: str | Path, problem: str) -> InstsegError:
@@ -450,11 +451,19 @@ def _decode_all(raws: list[bytes | np.ndarray], images: list[ImageInfo], wheres:
         raise _error(source, f"{wheres[string_positions[exc.index]]}: {exc.problem}") from None
     for k, values in zip(string_positions, decoded):
         counts[k] = values
-    for values, image, where in zip(counts, images, wheres):
-        try:
-            _check_counts(values, image.height, image.width)
-        except InstsegError as exc:
-            raise _error(source, f"{where}: {exc}") from None
+    if counts:
+        lengths = np.array([len(values) for values in counts], dtype=np.int64)
+        joined = np.concatenate(counts)
+        running = np.r_[0, np.cumsum(joined)]
+        ends = np.cumsum(lengths)
+        totals = running[ends] - running[ends - lengths]
+        expected = np.array([image.height * image.width for image in images], dtype=np.int64)
+        if (joined.size and joined.min() < 0) or np.any(totals != expected):
+            for values, image, where in zip(counts, images, wheres):
+                try:
+                    _check_counts(values, image.height, image.width)
+                except InstsegError as exc:
+                    raise _error(source, f"{where}: {exc}") from None
     return counts
 
 
@@ -520,7 +529,7 @@ def _index_ground_truth(obj: Any, source: str) -> GroundTruth:
         crowd = ann.get("iscrowd", 0)
         if not _is_number(crowd) and not isinstance(crowd, bool):
             raise _error(source, f"{where}: 'iscrowd' must be 0 or 1")
-        instances.append(Instance(image.id, int(ann["category_id"]), np.zeros(0, np.int64), iscrowd=bool(crowd), ann_id=int(ann["id"])))
+        instances.append(Instance(image.id, int(ann["category_id"]), _NO_COUNTS, iscrowd=bool(crowd), ann_id=int(ann["id"])))
     for instance, counts in zip(instances, _decode_all(raws, owners, wheres, source)):
         instance.counts = counts
     return GroundTruth(dict(sorted(images.items())), sorted(category_ids), instances, source)
@@ -569,7 +578,7 @@ def _index_results(obj: Any, truth: GroundTruth, source: str) -> list[Instance]:
         raws.append(_segmentation_raw(det["segmentation"], image, where, source, allow_polygon=False))
         owners.append(image)
         wheres.append(where)
-        detections.append(Instance(image.id, int(category_id), np.zeros(0, np.int64), score=float(score), ann_id=position + 1))
+        detections.append(Instance(image.id, int(category_id), _NO_COUNTS, score=float(score), ann_id=position + 1))
     for detection, counts in zip(detections, _decode_all(raws, owners, wheres, source)):
         detection.counts = counts
     return detections

@@ -62,7 +62,7 @@ import numpy as np
 from data.errors import DatasetError
 from data.outputs import check_can_write, write_csv, write_json
 
-from .coco import GroundTruth, Instance, counts_to_pixels, index_ground_truth, index_results, results_meta
+from .coco import IN_MEMORY_GT, GroundTruth, Instance, counts_to_pixels, index_ground_truth, index_results, results_meta
 from .errors import InstsegError
 
 COCO_IOU_THRESHOLDS = np.linspace(0.5, 0.95, int(np.round((0.95 - 0.5) / 0.05)) + 1, endpoint=True)
@@ -182,6 +182,14 @@ def greedy_match(ious: np.ndarray, gt_crowd: np.ndarray, thresholds: np.ndarray)
     n_candidates = is_candidate.sum(axis=1)
     if n_candidates.max() <= 1 and not np.any(gt_crowd):
         return _match_single_candidates(ious, n_candidates == 1, thresholds), ignored
+    return _match_in_order(ious, is_candidate, gt_crowd, thresholds)
+
+
+def _match_in_order(ious: np.ndarray, is_candidate: np.ndarray, gt_crowd: np.ndarray, thresholds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """COCOeval's loop over thresholds and detections, visiting only candidate ground truth."""
+    n_det, n_gt = ious.shape
+    matched = np.zeros((len(thresholds), n_det), dtype=bool)
+    ignored = np.zeros((len(thresholds), n_det), dtype=bool)
     crowd = [bool(c) for c in gt_crowd]
     candidates = []
     for d in range(n_det):
@@ -382,7 +390,7 @@ def evaluate_all(
         "mean_confidence": float(np.mean(all_scores)) if all_scores else math.nan,
         "mean_image_ap": float(np.mean(image_aps)) if image_aps else math.nan,
         "n_images_with_ap": len(image_aps),
-        "gt": _source(gt),
+        "gt": _source(gt) or (truth.source if truth.source != IN_MEMORY_GT else None),
         "pred": _source(results),
     }
     return Evaluation(summary, rows)
@@ -437,8 +445,19 @@ def run_evaluation(
     if "score_source" in meta:
         summary["score_source"] = meta["score_source"]
     write_csv(table_path, evaluation.per_image_frame())
-    write_json(summary_path, summary)
+    write_json(summary_path, _nan_to_none(summary))
     return summary
+
+
+def _nan_to_none(value: Any) -> Any:
+    """NaN -> null, so that summary.json is strict JSON."""
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {key: _nan_to_none(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_nan_to_none(item) for item in value]
+    return value
 
 
 def instance_table(

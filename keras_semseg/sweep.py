@@ -73,7 +73,8 @@ def _even_grid(cast: np.ndarray, work_dtype: type) -> tuple[float, float] | None
     if not step > 0:
         return None
     deviation = float(np.max(np.abs(values - (start + step * np.arange(n))))) / step
-    rounding = 16 * float(np.finfo(work_dtype).eps) * (2 * n + 4) + 1e-9
+    magnitude = max(abs(start), abs(values[-1])) / step + 2 * n + 4
+    rounding = 16 * float(np.finfo(work_dtype).eps) * magnitude
     margin = deviation + rounding + 1e-3
     if margin >= 0.45:
         return None
@@ -111,8 +112,11 @@ def confusion_counts(
     cast = thresholds[order].astype(prob.dtype)
     n = cast.size
     bins_total = 2 * (n + 1)
-    work_dtype = np.float32 if prob.dtype.itemsize <= 4 and n <= 4096 else np.float64
+    work_dtype = np.float32 if prob.dtype.itemsize <= 4 else np.float64
     grid = _even_grid(cast, work_dtype)
+    if grid is None and work_dtype is np.float32:
+        work_dtype = np.float64
+        grid = _even_grid(cast, work_dtype)
     if grid is not None:
         scale, shift = work_dtype(grid[0]), work_dtype(grid[1])
         clip = bool(low < cast[0] or high > cast[-1])
@@ -137,11 +141,8 @@ def confusion_counts(
             np.clip(guess, 0, n, out=guess)
         guess += np.multiply(is_cell, cell_offset, dtype=work_dtype)
         keys = guess.astype(np.intp)
-        one_too_high = np.take(below, keys, mode="clip") >= part
+        keys -= np.take(below, keys, mode="clip") >= part
         histogram += np.bincount(keys, minlength=bins_total)
-        moved = np.bincount(keys[one_too_high], minlength=bins_total)
-        histogram -= moved
-        histogram[:-1] += moved[1:]
     background, cell = histogram[: n + 1], histogram[n + 1:]
     tp = np.empty(n, np.int64)
     fp = np.empty(n, np.int64)

@@ -103,9 +103,11 @@ def test_figure4_two_fake_models(tmp_path):
     assert not list(tmp_path.glob("other*"))
 
 
-def test_plots_never_touch_pyplot(tmp_path):
-    paths = _write_sweep_tables(tmp_path)
+def test_cli_and_no_pyplot(tmp_path, capsys):
+    history = _write_history(tmp_path / "unet.csv", epochs=3)
     pyplot_loaded = "matplotlib.pyplot" in sys.modules
-    assert main(["figure2", "--summary", str(paths["summary"]), "--optimal", str(paths["optimal"]), "--out", str(tmp_path / "f2")]) == 0
-    assert (tmp_path / "f2.png").is_file()
+    assert main(["figure1", "--history", f"unet={history}", "--out", str(tmp_path / "f1")]) == 0
+    assert (tmp_path / "f1.png").is_file() and (tmp_path / "f1.pdf").is_file()
     assert ("matplotlib.pyplot" in sys.modules) == pyplot_loaded
+    assert main(["figure1", "--history", f"unet={history}", "--out", str(tmp_path / "f1")]) == 2
+    assert capsys.readouterr().err.startswith("error: ")

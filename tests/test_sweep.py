@@ -102,7 +102,7 @@ def test_single_pass_equals_naive_loop(dtype):
         prob = _random_map(rng, (60, 70), dtype)
         truth = rng.random((60, 70)) < 0.4
         uneven_grid = np.array([0.0, 0.1, 0.22, 0.3, 0.38, 0.5, 0.6])  # within step/4 of an even grid
-        for thresholds in (THRESHOLDS, np.linspace(0, 1, 1001), uneven_grid, rng.random(9), np.array([0.7, 0.2, 0.2, 0.45])):
+        for thresholds in (THRESHOLDS, np.linspace(0, 1, 1001), 0.3 + 0.002 * np.arange(50), uneven_grid, rng.random(9), np.array([0.7, 0.2, 0.2, 0.45])):
             counts = confusion_counts(prob, truth, thresholds)
             expected = naive_counts(prob, truth, thresholds)
             assert all(np.array_equal(a, b) for a, b in zip(counts, expected)), thresholds[:4]

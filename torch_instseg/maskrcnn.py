@@ -5,8 +5,8 @@ predictors replaced for 2 classes (background, cell); AdamW lr 3e-3, weight deca
 batch 2, 50 epochs, ReduceLROnPlateau on the validation loss; horizontal flip p=0.5,
 vertical flip p=0.3, 90-degree rotation p=0.3; the weights with the lowest validation
 loss are kept. Choices the paper does not state (and this module makes): the plateau
-scheduler halves nothing but multiplies the lr by 0.1 after 5 epochs without
-improvement; a linear warm-up over the first epoch (torchvision's reference recipe);
+scheduler multiplies the lr by 0.1 after 5 epochs without improvement of the validation
+loss; a linear warm-up over the first epoch (torchvision's reference recipe);
 a rotation, when drawn, turns by 90, 180 or 270 degrees with equal chance; the
 validation loss is computed in train mode (torchvision returns losses only there)
 under ``torch.no_grad`` with every BatchNorm layer in eval mode and a fixed seed.
@@ -42,7 +42,7 @@ DEFAULT_MIN_SIZE = 800
 DEFAULT_MAX_SIZE = 1333
 RESUME_MUST_MATCH = (
     "image_size", "batch_size", "lr", "weight_decay", "weights", "detections_per_image", "seed",
-    "min_size", "max_size", "plateau_factor", "plateau_patience", "warmup_iters", "augmentation",
+    "min_size", "max_size", "plateau_factor", "plateau_patience", "warmup_iters", "augmentation", "model_options",
 )
 
 
@@ -241,6 +241,7 @@ def build_maskrcnn(
     min_size: int = DEFAULT_MIN_SIZE,
     max_size: int = DEFAULT_MAX_SIZE,
     download: bool = True,
+    **model_options: Any,
 ):
     """``maskrcnn_resnet50_fpn_v2`` with predictors for ``num_classes`` (background + cell).
 
@@ -248,11 +249,13 @@ def build_maskrcnn(
     raises ``InstsegError`` naming the file and folder), "none"/None (random init, no backbone
     weights either) or a path to a .pth (COCO-shaped or already ``num_classes``-shaped).
     min_size/max_size: the model's internal resize (torchvision's GeneralizedRCNNTransform).
+    model_options: more keyword arguments of torchvision's ``MaskRCNN`` (for example
+    ``box_batch_size_per_image`` or ``rpn_post_nms_top_n_train``, to make CPU runs cheaper).
     """
     import_torch()
     from torchvision.models.detection import MaskRCNN_ResNet50_FPN_V2_Weights, maskrcnn_resnet50_fpn_v2
 
-    options = {"box_detections_per_img": int(detections_per_image), "min_size": int(min_size), "max_size": int(max_size)}
+    options = {"box_detections_per_img": int(detections_per_image), "min_size": int(min_size), "max_size": int(max_size), **model_options}
     source = weights_source(weights)
     if source == "coco":
         ensure_coco_weights(download)
@@ -399,6 +402,7 @@ def train_maskrcnn(
     augmentation: dict[str, float] | None = None,
     max_minutes: float | None = None,
     download: bool = True,
+    model_options: dict[str, Any] | None = None,
 ) -> dict:
     """Train Mask R-CNN on ``split["train"]``, validate on ``split["val"]``; returns run.json's content.
 
@@ -406,7 +410,8 @@ def train_maskrcnn(
     min_size/max_size, default torchvision's 800/1333); N resizes every image to N x N once
     and sets the model's min_size = max_size = N. warmup_iters: None = the first epoch's
     iterations (at most 1000), 0 = none. max_minutes: stop after the epoch that passes this
-    wall time (status "stopped: time budget"; ``resume=True`` continues). Raises
+    wall time (status "stopped: time budget"; ``resume=True`` continues). model_options:
+    extra torchvision ``MaskRCNN`` arguments (see ``build_maskrcnn``), recorded. Raises
     ``InstsegError``/``DatasetError`` for bad input before anything is written.
     """
     torch, torchvision = import_torch()
@@ -433,8 +438,13 @@ def train_maskrcnn(
         seed=int(seed), min_size=min_size, max_size=max_size, plateau_factor=float(plateau_factor),
         plateau_patience=int(plateau_patience), warmup_iters=warmup_iters, augmentation=augmentation,
         optimizer="AdamW", scheduler="ReduceLROnPlateau(val_loss)", num_workers=int(num_workers), max_minutes=max_minutes,
+        model_options=dict(model_options or {}),
     )
 
+    if settings["weights"] == "coco" and not resume:
+        ensure_coco_weights(download)
+    elif settings["weights"] != "none" and not resume and not Path(settings["weights"]).is_file():
+        raise InstsegError(f"{settings['weights']}: weights file not found")
     world, rank, local_rank = _distributed()
     is_main = rank == 0
     run_json = out_dir / "run.json"
@@ -474,7 +484,7 @@ def train_maskrcnn(
     torch.manual_seed(seed)
     model = build_maskrcnn(
         "none" if resume else weights, detections_per_image=detections_per_image, min_size=min_size, max_size=max_size,
-        download=download,
+        download=download, **settings["model_options"],
     )
     model.to(torch_device)
     parameters = [p for p in model.parameters() if p.requires_grad]
@@ -648,6 +658,7 @@ def load_model(run_dir: str | Path, which: str = "best", device: str | None = No
     model = build_maskrcnn(
         "none", detections_per_image=settings.get("detections_per_image", 300),
         min_size=settings.get("min_size", DEFAULT_MIN_SIZE), max_size=settings.get("max_size", DEFAULT_MAX_SIZE),
+        **settings.get("model_options", {}),
     )
     model.load_state_dict(read_state_dict(weights_file))
     model.mscseg_image_size = settings.get("image_size")
@@ -850,7 +861,15 @@ def main(argv: list[str] | None = None) -> int:
     except (InstsegError, DatasetError) as error:
         print(f"error: {_one_line(error)}", file=sys.stderr)
         return 2
+    finally:
+        _end_distributed()
     return 0
+
+
+def _end_distributed() -> None:
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
 
 
 def _one_line(error: Exception) -> str:

@@ -399,6 +399,7 @@ def run_sam(
     skipped: list[dict] = []
     mask_prompt_sources: set[str] = set()
     no_detections: list[str] = []
+    empty_masks = dict.fromkeys(modes, 0)
     n_prompts = 0
     for sample in tqdm(samples, total=len(names), desc="sam", disable=quiet):
         image_id = ids[sample.name]
@@ -421,6 +422,7 @@ def run_sam(
                 mask_prompt_sources.add("maskrcnn_probs" if probs is not None else "maskrcnn_binary_masks")
             masks, ious = decode_prompts(sam, embedding, boxes, mode, maskrcnn_masks, probs if mode == "box_mask" else None, batch_size)
             kept = np.isfinite(ious)
+            empty_masks[mode] += int((~masks[kept].any(axis=(1, 2))).sum())
             if mode == modes[0]:
                 for index in np.flatnonzero(~kept):
                     skipped.append({"image": sample.name, "detection": int(index), "box_xyxy": boxes[index].tolist(), "reason": "empty after clipping to the image"})
@@ -442,7 +444,8 @@ def run_sam(
             "variant": info.get("variant", variant), "checkpoint": info.get("checkpoint"), "untrained": bool(info.get("untrained")),
             "multimask_output": True, "kept_mask": "highest predicted IoU of the 3", "batch_size": batch_size,
             "maskrcnn_results": str(maskrcnn_json), "n_images": len(names), "n_prompts": n_prompts,
-            "n_results": len(results[mode]), "images_without_detections": no_detections, "skipped_boxes": skipped,
+            "n_results": len(results[mode]), "n_empty_masks": empty_masks[mode],
+            "images_without_detections": no_detections, "skipped_boxes": skipped,
             "time_s_all_modes": round(elapsed, 3), "versions": _versions(),
         }
         if info.get("untrained"):

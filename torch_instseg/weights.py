@@ -67,9 +67,7 @@ def ensure_coco_weights(download: bool = True) -> Path:
         try:
             _download(COCO_WEIGHTS_URL, path)
         except Exception:  # noqa: BLE001 - any network or disk failure means "not available"
-            partial = path.with_name(path.name + ".partial")
-            if partial.exists():
-                partial.unlink()
+            pass
         if path.is_file():
             return path
     raise InstsegError(coco_weights_message())

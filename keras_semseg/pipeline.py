@@ -19,8 +19,11 @@ import tensorflow as tf
 from data import Dataset, Sample
 
 from .errors import SemsegError
+from .registry import check_image_size
 
 TARGETS = ("mask", "instances")
+__all__ = ["Augmentation", "augment_batch", "apply_transforms", "check_image_size", "evaluation_dataset", "load_arrays",
+           "resize_images", "resize_targets", "sample_target", "source_dataset", "training_dataset", "transform_matrices"]
 MEMORY_CAP_BYTES = 2 * 1024 ** 3
 
 
@@ -38,17 +41,6 @@ class Augmentation:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def check_image_size(image_size: Any) -> int:
-    """``image_size`` as an int: a positive multiple of 32; ``SemsegError`` otherwise."""
-    try:
-        size = int(image_size)
-    except (TypeError, ValueError):
-        raise SemsegError(f"image size must be an integer multiple of 32, got {image_size!r}") from None
-    if size != image_size or size < 32 or size % 32:
-        raise SemsegError(f"image size must be a positive multiple of 32 (e.g. 128, 256, 512), got {image_size}")
-    return size
 
 
 def sample_target(sample: Sample, target: str) -> np.ndarray:
@@ -112,10 +104,11 @@ def transform_matrices(size: tuple[int, int], flip_horizontal: tf.Tensor, flip_v
                        angle_rad: tf.Tensor, zoom: tf.Tensor) -> tf.Tensor:
     """B x 8 projective transforms (output pixel -> input pixel, about the image centre).
 
-    Per image: flip (bool), ``quarter_turns`` (int 0..3, counter-clockwise on screen
-    with rows going down), a rotation by ``angle_rad`` and a zoom factor (> 1
-    magnifies). Square images map exactly onto the pixel grid for flips and quarter
-    turns.
+    Per image the output is the input turned by ``quarter_turns`` (int 0..3, each 90
+    degrees counter-clockwise as displayed, like ``np.rot90``) and by ``angle_rad``,
+    then flipped (left-right when ``flip_horizontal``, up-down when ``flip_vertical``)
+    and zoomed by ``zoom`` (> 1 magnifies). Flips and quarter turns of square images
+    land exactly on the pixel grid.
     """
     height, width = size
     centre_x, centre_y = (width - 1) / 2.0, (height - 1) / 2.0

@@ -62,7 +62,8 @@ def predict_probs(model: Any, images: Sequence[np.ndarray], image_size: int, bat
     """H x W float32 cell probabilities in [0, 1] for each H x W x 3 float32 image in [0, 1], at its own size."""
     import tensorflow as tf
 
-    from .pipeline import check_image_size, resize_images
+    from .pipeline import resize_images
+    from .registry import check_image_size
 
     size = check_image_size(image_size)
     arrays = [_check_image(image, position) for position, image in enumerate(images)]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import inspect
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -79,6 +80,17 @@ def check_input_shape(input_shape: Any) -> tuple[int, int, int]:
     return height, width, channels
 
 
+def check_image_size(image_size: Any) -> int:
+    """``image_size`` as an int: a positive multiple of 32; ``SemsegError`` otherwise."""
+    try:
+        size = int(image_size)
+    except (TypeError, ValueError):
+        raise SemsegError(f"image size must be an integer multiple of 32, got {image_size!r}") from None
+    if size != image_size or size < 32 or size % 32:
+        raise SemsegError(f"image size must be a positive multiple of 32 (e.g. 128, 256, 512), got {image_size}")
+    return size
+
+
 def get_builder(name: str) -> Callable[..., Any]:
     """Import and return the builder function of ``name`` (this imports TensorFlow)."""
     entry = get_entry(name)
@@ -103,4 +115,8 @@ def build(name: str, input_shape: Any = (256, 256, 3), encoder_weights: Any = "i
     """Build registered model ``name`` (a tf.keras.Model taking RGB images in [0, 1], one sigmoid channel out)."""
     shape = check_input_shape(input_shape)
     builder = get_builder(name)
+    try:
+        inspect.signature(builder).bind(shape, encoder_weights, **options)
+    except TypeError as error:
+        raise SemsegError(f"model '{name}': bad option(s) {sorted(options)} ({error})") from None
     return builder(shape, encoder_weights, **options)

@@ -1,8 +1,10 @@
 """Train one semantic segmentation model (``semseg-train``): paper defaults, resumable, atomic outputs.
 
-Writes into ``out_dir``: ``run.json`` (every setting, split, versions, wall time,
-status), ``history.csv`` (``epoch,loss,pixel_accuracy,val_loss,val_pixel_accuracy,time_s``,
-one row per finished epoch), ``best.weights.h5`` (lowest validation loss),
+Writes into ``out_dir``: ``run.json`` (every setting, split, versions, status, best
+epoch, ``wall_time_s`` for the whole call including data loading and the probability
+maps, ``train_time_s`` the sum of the epoch times; both add up over resumes),
+``history.csv`` (``epoch,loss,pixel_accuracy,val_loss,val_pixel_accuracy,time_s``, one
+row per finished epoch), ``best.weights.h5`` (lowest validation loss),
 ``last.weights.h5`` and ``last.optimizer.npz`` (for ``--resume``), and after training
 ``probs/<stem>.npy``: float16 H x W cell probabilities in [0, 1] at each validation
 image's original size, made with the best weights.
@@ -25,7 +27,7 @@ from data import Dataset, DatasetError
 from data.outputs import write_csv, write_json
 
 from .errors import SemsegError
-from .registry import TENSORFLOW_HINT, get_entry
+from .registry import TENSORFLOW_HINT, check_image_size, get_entry
 
 HISTORY_COLUMNS = ["epoch", "loss", "pixel_accuracy", "val_loss", "val_pixel_accuracy", "time_s"]
 RUN_FILES = ("run.json", "history.csv", "best.weights.h5", "last.weights.h5", "last.optimizer.npz")
@@ -83,7 +85,7 @@ def _settings(model_name: str, dataset: Dataset, split: dict, train: list[str], 
         "seed": int(seed),
         "model_options": dict(model_options),
         "loss": "model's own" if get_entry(model_name).compiles_itself else "binary_crossentropy",
-        "optimizer": "Adam (Keras defaults, learning rate 0.001)",
+        "optimizer": "Adam (tf.keras.optimizers.legacy.Adam, Keras defaults: learning rate 0.001, betas 0.9/0.999, epsilon 1e-7)",
         "dataset": {"root": dataset.root, "format": dataset.format},
         "split_path": None if split_path is None else str(split_path),
         "split_seed": split.get("seed"),
@@ -100,7 +102,7 @@ def _check_out_dir(out_dir: Path, settings: dict, resume: bool, overwrite: bool)
     """The previous run record to resume from (or None to start fresh); ``SemsegError`` when the folder is in the way."""
     run_path = out_dir / "run.json"
     if not run_path.is_file():
-        if not overwrite and out_dir.is_dir() and any(out_dir.iterdir()) and not resume:
+        if not overwrite and out_dir.is_dir() and any(out_dir.iterdir()):
             raise SemsegError(f"{out_dir}: folder is not empty and holds no training run; choose another --out or pass --overwrite")
         return None
     previous = _read_json(run_path)
@@ -142,10 +144,22 @@ def _save_weights(model: Any, path: Path) -> None:
     os.replace(partial, path)
 
 
+def make_optimizer() -> Any:
+    """Adam with the Keras defaults (lr 1e-3, betas 0.9/0.999, epsilon 1e-7), fused update kernels."""
+    import tensorflow as tf
+
+    return tf.keras.optimizers.legacy.Adam()
+
+
+def _optimizer_variables(optimizer: Any) -> list:
+    variables = optimizer.variables
+    return list(variables() if callable(variables) else variables)
+
+
 def _save_optimizer(optimizer: Any, path: Path) -> None:
     partial = path.with_name(path.name + ".partial")
     with open(partial, "wb") as handle:
-        np.savez(handle, *[np.asarray(variable.numpy()) for variable in optimizer.variables])
+        np.savez(handle, *[np.asarray(variable.numpy()) for variable in _optimizer_variables(optimizer)])
     os.replace(partial, path)
 
 
@@ -154,10 +168,14 @@ def _restore_optimizer(model: Any, path: Path) -> bool:
     if not path.is_file():
         return False
     optimizer = model.optimizer
-    optimizer.build(model.trainable_variables)
+    inner = getattr(optimizer, "inner_optimizer", optimizer)
+    if hasattr(inner, "_create_all_weights"):
+        inner._create_all_weights(model.trainable_variables)
+    else:
+        inner.build(model.trainable_variables)
     with np.load(path) as saved:
         values = [saved[f"arr_{i}"] for i in range(len(saved.files))]
-    variables = list(optimizer.variables)
+    variables = _optimizer_variables(optimizer)
     if len(values) != len(variables) or any(tuple(v.shape) != value.shape for v, value in zip(variables, values)):
         return False
     for variable, value in zip(variables, values):
@@ -221,7 +239,8 @@ def _make_callback(out_dir: Path, record: dict, rows: list[dict], quiet: bool, s
                 _save_weights(self.model, out_dir / "best.weights.h5")
                 record.update(best_val_loss=row["val_loss"], best_epoch=number)
             write_csv(out_dir / "history.csv", pd.DataFrame(rows, columns=HISTORY_COLUMNS))
-            record.update(epochs_done=number, wall_time_s=round(wall_before + time.perf_counter() - started, 1))
+            record.update(epochs_done=number, wall_time_s=round(wall_before + time.perf_counter() - started, 1),
+                          train_time_s=round(sum(r["time_s"] for r in rows), 1))
             write_json(out_dir / "run.json", record)
             if quiet:
                 print(f"{record['model']} epoch {number}/{record['epochs']}: loss {row['loss']:.4f} "
@@ -274,11 +293,11 @@ def train_model(
     Binary cross-entropy and Adam (lr 1e-3) unless the model trains itself (Mask R-CNN).
     ``resume`` continues an unfinished run in ``out_dir`` from its last epoch (same
     settings required; a finished run is returned as it is, or extended when
-    ``epochs`` is larger); ``overwrite`` replaces a previous run. A NaN loss stops
+    ``epochs`` is larger; an empty or missing ``out_dir`` starts a new run);
+    ``overwrite`` replaces a previous run. Bad settings, data or weights fail before
+    anything is written. A NaN loss stops
     training with ``SemsegError`` naming the epoch; the last good checkpoint stays.
     """
-    from .pipeline import check_image_size
-
     entry = get_entry(model_name)
     image_size = check_image_size(image_size)
     if int(epochs) != epochs or epochs < 1:
@@ -291,6 +310,8 @@ def train_model(
     settings = _settings(model_name, dataset, split, train, val, image_size, int(epochs), int(batch_size), encoder_weights,
                          augment, mixed_precision, seed, None if split_path is None else str(split_path), options)
     previous = _check_out_dir(out_dir, settings, resume, overwrite)
+    started = time.perf_counter()
+    wall_before = float(previous.get("wall_time_s", 0.0)) if previous else 0.0
     epochs_done = int(previous.get("epochs_done", 0)) if previous else 0
     if previous and previous.get("status") == "finished" and epochs_done >= epochs:
         if not quiet:
@@ -317,40 +338,43 @@ def train_model(
                                          augment, int(seed))
         val_batches = evaluation_dataset(val_source, int(batch_size))
 
-        if overwrite:
-            _remove_previous(out_dir)
-        out_dir.mkdir(parents=True, exist_ok=True)
         gpus = tf.config.list_physical_devices("GPU")
         strategy = tf.distribute.MirroredStrategy() if len(gpus) > 1 else tf.distribute.get_strategy()
-        record = dict(previous) if previous else {}
-        record.update(settings)
-        record.update(
-            status="running", epochs_done=epochs_done, best_epoch=record.get("best_epoch"),
-            best_val_loss=record.get("best_val_loss"), wall_time_s=float(record.get("wall_time_s", 0.0)),
-            versions=_versions(), devices={"gpus": len(gpus), "replicas": strategy.num_replicas_in_sync,
-                                           "strategy": type(strategy).__name__},
-            data_cached_in_memory=cached, out_dir=str(out_dir),
-            started=record.get("started") or time.strftime("%Y-%m-%dT%H:%M:%S"),
-        )
-        write_json(out_dir / "run.json", record)
-
         with strategy.scope():
             from .registry import build
 
             model = build(model_name, (image_size, image_size, 3), weights_path, **options)
             if entry.compiles_itself:
-                model.compile(optimizer=tf.keras.optimizers.Adam())
+                model.compile(optimizer=make_optimizer())
             else:
-                model.compile(optimizer=tf.keras.optimizers.Adam(), loss=tf.keras.losses.BinaryCrossentropy(),
+                model.compile(optimizer=make_optimizer(), loss=tf.keras.losses.BinaryCrossentropy(),
                               metrics=[tf.keras.metrics.BinaryAccuracy(name="pixel_accuracy", threshold=0.5)])
+            _ensure_built(model, image_size)
             if epochs_done:
-                _ensure_built(model, image_size)
-                model.load_weights(str(out_dir / "last.weights.h5"))
+                try:
+                    model.load_weights(str(out_dir / "last.weights.h5"))
+                except (ValueError, OSError, KeyError) as error:
+                    raise SemsegError(f"{out_dir / 'last.weights.h5'}: cannot be loaded into {model_name} "
+                                      f"({str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__})") from None
                 if not _restore_optimizer(model, out_dir / "last.optimizer.npz"):
                     print(f"{out_dir}: optimizer state not restored; Adam restarts from zero moments", file=sys.stderr)
-        record["parameters"] = int(model.count_params())
+
+        if overwrite:
+            _remove_previous(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        record = dict(previous) if previous else {}
+        record.update(settings)
+        record.update(
+            status="running", epochs_done=epochs_done, best_epoch=record.get("best_epoch"),
+            best_val_loss=record.get("best_val_loss"), wall_time_s=wall_before,
+            versions=_versions(), devices={"gpus": len(gpus), "replicas": strategy.num_replicas_in_sync,
+                                           "strategy": type(strategy).__name__},
+            data_cached_in_memory=cached, out_dir=str(out_dir), parameters=int(model.count_params()),
+            started_at=record.get("started_at") or time.strftime("%Y-%m-%dT%H:%M:%S"),
+        )
+        write_json(out_dir / "run.json", record)
+
         rows = _history_rows(out_dir / "history.csv", epochs_done)
-        started, wall_before = time.perf_counter(), float(record["wall_time_s"])
         recorder = _make_callback(out_dir, record, rows, quiet, started, wall_before)
         try:
             model.fit(train_batches, validation_data=val_batches, epochs=int(epochs), initial_epoch=epochs_done,
@@ -373,7 +397,7 @@ def train_model(
 
         model.load_weights(str(out_dir / "best.weights.h5"))
         probs = write_probs(model, dataset, val, image_size, out_dir / "probs", int(batch_size))
-        record.update(status="finished", probs=len(probs), finished=time.strftime("%Y-%m-%dT%H:%M:%S"),
+        record.update(status="finished", probs=len(probs), finished_at=time.strftime("%Y-%m-%dT%H:%M:%S"),
                       wall_time_s=round(wall_before + time.perf_counter() - started, 1))
         write_json(out_dir / "run.json", record)
         return record
@@ -407,6 +431,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     try:
         from data import read_dataset
         from data.split import load_or_make_split

@@ -77,9 +77,9 @@ def keras_application_weights(app: str, encoder_weights: Any) -> str | None:
     if encoder_weights is None or (isinstance(encoder_weights, str) and encoder_weights.lower() == "none"):
         return None
     if isinstance(encoder_weights, str) and encoder_weights.lower() == "imagenet":
-        for folder in (keras_cache_dir(), Path("/tmp/.keras/models")):
-            if (folder / file_name).is_file():
-                return str(folder / file_name)
+        cached = keras_cache_dir() / file_name
+        if cached.is_file():
+            return str(cached)
         if not _can_reach():
             raise SemsegError(missing_weights_message(app))
         try:

@@ -19,6 +19,7 @@ def build(input_shape: tuple[int, int, int] = (256, 256, 3), encoder_weights: An
 
     encoder_weights: ``"imagenet"`` or a path (resolved by ``keras_semseg.weights``), or
     None / ``"none"`` for a random ResNet-50. ``options`` are ``MaskRCNNConfig`` settings.
+    The model always computes in float32 (a mixed-precision global policy is ignored).
     """
     try:
         height, width, channels = (int(v) for v in input_shape)
@@ -30,10 +31,11 @@ def build(input_shape: tuple[int, int, int] = (256, 256, 3), encoder_weights: An
         raise SemsegError(f"Mask R-CNN image size must be a multiple of 32, got {height}x{width}")
     random_init = encoder_weights is None or (isinstance(encoder_weights, str) and encoder_weights.lower() == "none")
     try:
-        import tensorflow as tf
-    except ImportError:
-        raise SemsegError("TensorFlow is not installed; install the Keras half with: pip install -e .[keras]") from None
-    from .model import MaskRCNN, make_config
+        from .model import MaskRCNN, make_config
+    except ModuleNotFoundError as error:
+        if error.name in ("tensorflow", "keras"):
+            raise SemsegError("TensorFlow is not installed; install the Keras half with: pip install -e .[keras]") from None
+        raise
 
     config = make_config(height, width, random_init, **options)
     weights_path = None
@@ -41,23 +43,33 @@ def build(input_shape: tuple[int, int, int] = (256, 256, 3), encoder_weights: An
         from ...weights import keras_application_weights
 
         weights_path = keras_application_weights("resnet50", encoder_weights)
-    model = MaskRCNN(config, None if weights_path is None else str(weights_path), name="maskrcnn")
-    model(tf.zeros((1, 64, 64, 3), tf.float32))
+    import tensorflow as tf
+
+    policy = tf.keras.mixed_precision.global_policy()
+    try:
+        tf.keras.mixed_precision.set_global_policy("float32")
+        try:
+            model = MaskRCNN(config, None if weights_path is None else str(weights_path), name="maskrcnn")
+        except (ValueError, OSError) as error:
+            if weights_path is None:
+                raise
+            from ...weights import wrong_weights_error
+
+            raise wrong_weights_error(str(weights_path), "resnet50", error) from None
+        model.create_variables()
+    finally:
+        tf.keras.mixed_precision.set_global_policy(policy)
     return model
 
 
 def count_parameters(model) -> dict[str, int]:
-    """Parameter counts: total, trainable, and per part (backbone + FPN, RPN, box head, mask head)."""
+    """Parameter counts per part (backbone + FPN, RPN, box head, mask head), their total
+    (batch-norm moving statistics included, metric state excluded) and the trainable ones."""
     import numpy as np
 
     def count(weights) -> int:
         return int(sum(np.prod(w.shape) for w in weights))
 
-    return {
-        "total": count(model.weights),
-        "trainable": count(model.trainable_weights),
-        "backbone_fpn": count(model.backbone.weights),
-        "rpn_head": count(model.rpn_head.weights),
-        "box_head": count(model.box_head.weights),
-        "mask_head": count(model.mask_head.weights),
-    }
+    parts = {name: count(getattr(model, attribute).weights) for name, attribute in
+             (("backbone_fpn", "backbone"), ("rpn_head", "rpn_head"), ("box_head", "box_head"), ("mask_head", "mask_head"))}
+    return {"total": sum(parts.values()), "trainable": count(model.trainable_weights), **parts}

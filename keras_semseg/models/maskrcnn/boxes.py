@@ -84,8 +84,3 @@ def iou(boxes_a: tf.Tensor, boxes_b: tf.Tensor) -> tf.Tensor:
     union = area(a) + area(b) - intersection
     return tf.math.divide_no_nan(intersection, union)
 
-
-def to_normalized(boxes: tf.Tensor, height, width) -> tf.Tensor:
-    """Pixel boxes -> coordinates relative to the image size (``[0, 1]`` inside it)."""
-    scale = tf.stack([tf.cast(height, tf.float32), tf.cast(width, tf.float32)] * 2)
-    return boxes / scale

@@ -20,12 +20,15 @@ def resnet50_fpn(weights: str | None, channels: int = 256, train_bn: bool = True
 
     ``weights``: a Keras ResNet50 no-top ``.h5`` file or None (random init). With
     ``train_bn=False`` the batch-norm layers are frozen (moving statistics, fixed scale and
-    offset), as for fine-tuning from ImageNet.
+    offset), as for fine-tuning from ImageNet; with ``train_bn=True`` their moving averages use
+    momentum 0.9 (Keras: 0.99) so that a short run from random init gets usable statistics.
     """
     resnet = tf.keras.applications.ResNet50(include_top=False, weights=weights, input_shape=(None, None, 3))
-    if not train_bn:
-        for layer in resnet.layers:
-            if isinstance(layer, tf.keras.layers.BatchNormalization):
+    for layer in resnet.layers:
+        if isinstance(layer, tf.keras.layers.BatchNormalization):
+            if train_bn:
+                layer.momentum = 0.9
+            else:
                 layer.trainable = False
     stages = [resnet.get_layer(name).output for name in RESNET50_STAGES]
     laterals = [tf.keras.layers.Conv2D(channels, 1, kernel_initializer=_fpn_init(), name=f"fpn_c{level}_lateral")(stage)

@@ -58,6 +58,7 @@ class MaskRCNNConfig:
     roi_canonical_size: float | None = None
     box_head_dim: int = 1024
     mask_head_channels: int = 256
+    mask_rois_per_image: int | None = None
     detections_per_image: int = 100
     score_threshold: float = 0.05
     detection_nms_iou: float = 0.5
@@ -70,7 +71,8 @@ class MaskRCNNConfig:
         anchor sizes: ``default_anchor_sizes`` ((32, ..., 512) at 1024 px, scaled, >= 2 x stride);
         proposals after NMS: 2000 (train) / 1000 (test) scaled by image area / 1024**2, at least
         512 / 300; rois per image: 512 scaled likewise, at least 128; FPN level assignment
-        canonical size: 7 x the smallest anchor (224 at 1024 px); batch norm trained only from
+        canonical size: 7 x the smallest anchor (224 at 1024 px); mask head trained on every
+        foreground roi (at most rois_per_image x roi_positive_fraction); batch norm trained only from
         random init (frozen when fine-tuning ImageNet weights).
         """
         height, width = self.image_size
@@ -84,6 +86,8 @@ class MaskRCNNConfig:
             rpn_post_nms_test=self.rpn_post_nms_test or int(min(1000, max(300, round(1000 * fraction)))),
             rois_per_image=self.rois_per_image or int(min(512, max(128, round(512 * fraction)))),
             roi_canonical_size=float(self.roi_canonical_size or 7 * anchors[0]),
+            mask_rois_per_image=self.mask_rois_per_image or int(
+                (self.rois_per_image or int(min(512, max(128, round(512 * fraction))))) * self.roi_positive_fraction) or 1,
             train_bn=random_init if self.train_bn is None else bool(self.train_bn),
         )
 
@@ -91,7 +95,7 @@ class MaskRCNNConfig:
         if len(self.anchor_sizes) != len(STRIDES):
             raise SemsegError(f"anchor_sizes needs one size per FPN level P2-P6 ({len(STRIDES)}), got {self.anchor_sizes}")
         positive_ints = ("fpn_channels", "rpn_pre_nms_train", "rpn_pre_nms_test", "rpn_post_nms_train", "rpn_post_nms_test",
-                         "rpn_batch_per_image", "rois_per_image", "box_head_dim", "mask_head_channels",
+                         "rpn_batch_per_image", "rois_per_image", "box_head_dim", "mask_head_channels", "mask_rois_per_image",
                          "detections_per_image", "max_instances")
         for name in positive_ints:
             if int(getattr(self, name)) < 1:
@@ -107,14 +111,23 @@ def make_config(height: int, width: int, random_init: bool, **options) -> MaskRC
     unknown = sorted(set(options) - set(names))
     if unknown:
         raise SemsegError(f"unknown Mask R-CNN setting(s) {', '.join(unknown)}; valid settings: {', '.join(names)}")
-    config = MaskRCNNConfig(image_size=(int(height), int(width)), **options).resolve(random_init)
-    config.check()
+    try:
+        config = MaskRCNNConfig(image_size=(int(height), int(width)), **options).resolve(random_init)
+        config.check()
+    except (TypeError, ValueError) as error:
+        raise SemsegError(f"bad Mask R-CNN setting ({error}); settings: {options}") from None
     return config
 
 
 def _smooth_l1(difference: tf.Tensor, beta: float = 1.0 / 9.0) -> tf.Tensor:
     absolute = tf.abs(difference)
     return tf.reduce_sum(tf.where(absolute < beta, 0.5 * absolute ** 2 / beta, absolute - 0.5 * beta), axis=-1)
+
+
+def _pad_to_32(tensor: tf.Tensor) -> tf.Tensor:
+    """Pad B x H x W x C at the bottom and right to multiples of 32."""
+    height, width = tf.shape(tensor)[1], tf.shape(tensor)[2]
+    return tf.pad(tensor, [[0, 0], [0, (-height) % 32], [0, (-width) % 32], [0, 0]])
 
 
 def _flatten_rois(rois: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
@@ -135,6 +148,14 @@ class MaskRCNN(tf.keras.Model):
         self.mask_head = MaskHead(config.mask_head_channels, name="mask_head")
         self.loss_trackers = [tf.keras.metrics.Mean(name=name) for name in ("loss",) + LOSS_NAMES]
         self.accuracy_tracker = tf.keras.metrics.Mean(name="pixel_accuracy")
+
+    def create_variables(self) -> None:
+        """Create every weight (for ``save_weights``/``load_weights`` and counting) without a full forward pass."""
+        features = self.backbone(tf.zeros((1, 64, 64, 3), tf.float32), training=False)
+        self.rpn_head(features[0])
+        self.box_head(tf.zeros((1, POOL_SIZE, POOL_SIZE, self.config.fpn_channels), tf.float32))
+        self.mask_head(tf.zeros((1, MASK_POOL_SIZE, MASK_POOL_SIZE, self.config.fpn_channels), tf.float32))
+        self.built = True
 
     def compile(self, optimizer="adam", **kwargs):
         """Compile with an optimizer only (the model has its own losses); never with XLA."""
@@ -216,16 +237,10 @@ class MaskRCNN(tf.keras.Model):
         boxes, _, masks, keep = self._detections(features, proposals, valid, height, width)
         return paste_max(masks, boxes, keep, height, width)
 
-    @staticmethod
-    def _pad(tensor: tf.Tensor) -> tf.Tensor:
-        """Pad B x H x W x C at the bottom and right to multiples of 32."""
-        height, width = tf.shape(tensor)[1], tf.shape(tensor)[2]
-        return tf.pad(tensor, [[0, 0], [0, (-height) % 32], [0, (-width) % 32], [0, 0]])
-
     def call(self, images, training=False):
         images = tf.convert_to_tensor(images, tf.float32)
         height, width = tf.shape(images)[1], tf.shape(images)[2]
-        features = self._features(self._pad(images), training=False)
+        features = self._features(_pad_to_32(images), training=False)
         logits, deltas, anchors = self._rpn(features)
         return self._semantic(features, logits, deltas, anchors, height, width)[..., None]
 
@@ -239,9 +254,9 @@ class MaskRCNN(tf.keras.Model):
         if labels.shape.rank == 3:
             labels = labels[..., None]
         height, width = tf.shape(images)[1], tf.shape(images)[2]
-        features = self._features(self._pad(images), training=training)
+        features = self._features(_pad_to_32(images), training=training)
         logits, deltas, anchors = self._rpn(features)
-        renumbered, gt_boxes, gt_valid = instance_boxes(self._pad(tf.cast(labels, tf.int32))[..., 0], config.max_instances)
+        renumbered, gt_boxes, gt_valid = instance_boxes(_pad_to_32(tf.cast(labels, tf.int32))[..., 0], config.max_instances)
 
         positive, negative, anchor_targets = rpn_targets(
             anchors, gt_boxes, gt_valid, config.rpn_batch_per_image, config.rpn_positive_fraction,
@@ -265,7 +280,7 @@ class MaskRCNN(tf.keras.Model):
         losses["classifier_loss"] = tf.reduce_sum(classification * valid) / n_valid
         losses["box_loss"] = tf.reduce_sum(box_error * tf.cast(foreground, tf.float32)) / n_valid
 
-        where = tf.where(targets["foreground"])
+        where = tf.where(targets["foreground"][:, :config.mask_rois_per_image])
         mask_rois = tf.gather_nd(targets["rois"], where)
         mask_images = tf.cast(where[:, 0], tf.int32)
         instance_ids = tf.gather_nd(targets["matched"], where) + 1
@@ -310,7 +325,7 @@ class MaskRCNN(tf.keras.Model):
     @tf.function(reduce_retracing=True)
     def _detect_graph(self, images):
         height, width = tf.shape(images)[1], tf.shape(images)[2]
-        features = self._features(self._pad(images), training=False)
+        features = self._features(_pad_to_32(images), training=False)
         logits, deltas, anchors = self._rpn(features)
         proposals, valid = self._proposals(logits, deltas, anchors, height, width, training=False)
         return self._detections(features, proposals, valid, height, width)

@@ -118,7 +118,7 @@ def roi_targets(proposals: tf.Tensor, proposal_valid: tf.Tensor, gt_boxes: tf.Te
 
     Returns rois B x R x 4, foreground B x R bool, valid B x R bool (False for padding when
     there are too few candidates), box targets B x R x 4 (head weights 10, 10, 5, 5) and the
-    matched gt index B x R. Foreground rois come first in each row.
+    matched gt index B x R. Foreground rois come first in each row, in random order.
     """
     candidates = tf.concat([proposals, gt_boxes], axis=1)
     candidate_valid = tf.concat([proposal_valid, gt_valid], axis=1)
@@ -126,10 +126,11 @@ def roi_targets(proposals: tf.Tensor, proposal_valid: tf.Tensor, gt_boxes: tf.Te
     positive = candidate_valid & (best >= foreground_iou)
     negative = candidate_valid & (best < foreground_iou)
     positive, negative = sample_balanced(positive, negative, rois_per_image, positive_fraction)
-    priority = 2 * tf.cast(positive, tf.int32) + tf.cast(negative, tf.int32)
-    order = tf.math.top_k(priority, tf.minimum(rois_per_image, tf.shape(priority)[1])).indices
+    kind = 2 * tf.cast(positive, tf.int32) + tf.cast(negative, tf.int32)
+    shuffle = tf.where(kind > 0, 0.5 * tf.random.uniform(tf.shape(kind)), 0.0)
+    order = tf.math.top_k(tf.cast(kind, tf.float32) + shuffle, tf.minimum(rois_per_image, tf.shape(kind)[1])).indices
     rois = tf.gather(candidates, order, batch_dims=1)
-    chosen = tf.gather(priority, order, batch_dims=1)
+    chosen = tf.gather(kind, order, batch_dims=1)
     matched = tf.gather(matched, order, batch_dims=1)
     targets = box_ops.encode(tf.gather(gt_boxes, matched, batch_dims=1), rois, HEAD_WEIGHTS)
     return {"rois": rois, "foreground": chosen == 2, "valid": chosen > 0, "box_targets": targets, "matched": matched}

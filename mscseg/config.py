@@ -1,9 +1,12 @@
 """Run settings: a YAML or JSON file -> one validated ``Settings`` object.
 
-A config file is a mapping with the sections ``semantic``, ``instance`` and
+A config file is a mapping with ``name`` (the results folder's name; default the
+file's stem), ``description`` and the sections ``semantic``, ``instance`` and
 ``stats`` (every key optional; defaults below are the paper's settings). It may
 start from a preset with ``base: paper`` (or ``small``, ``tiny``, or a path to
-another config file) and change only some keys; mappings are merged key by key.
+another config file) and change only some keys; mappings are merged key by key,
+except ``dataset`` and ``max_dets``, which are replaced whole; the base's ``name``
+is not inherited.
 
 Datasets are given per study, either as a folder or file
 (``dataset: {path: ..., format: ..., options: {...}}``; ``format`` is detected
@@ -140,7 +143,12 @@ class SemanticConfig:
 
 @dataclass
 class SamConfig:
-    """SAM prompted with Mask R-CNN's boxes (no fine-tuning)."""
+    """SAM prompted with Mask R-CNN's boxes (no fine-tuning).
+
+    checkpoint: a file (or a folder holding the variant's released file); ``default``: the
+    variant's file in ``$MSCSEG_SAM_DIR`` (default ``~/.cache/mscseg/sam``); ``none``: random,
+    untrained weights (demo only; labelled as such everywhere).
+    """
 
     variant: str = "vit_h"
     checkpoint: str | None = None
@@ -430,7 +438,9 @@ def _resolve_mapping(path: Path, seen: tuple[Path, ...] = ()) -> dict:
         base_path = Path(base) if Path(base).is_absolute() else path.parent / base
     else:
         base_path = preset_path(base)
-    return _merge(_resolve_mapping(base_path, seen + (path.resolve(),)), data)
+    inherited = _resolve_mapping(base_path, seen + (path.resolve(),))
+    inherited.pop("name", None)
+    return _merge(inherited, data)
 
 
 def from_mapping(data: dict, name: str = "run", source: str = "") -> Settings:
@@ -468,7 +478,7 @@ def check_inputs(settings: Settings) -> None:
                 "put the dataset there or change the path (or use 'synthetic: {n_images: 40}' for generated data)"
             )
     sam = settings.instance.sam
-    if settings.instance.enabled and sam.checkpoint is not None and not Path(sam.checkpoint).is_file():
+    if settings.instance.enabled and sam.checkpoint not in (None, "default") and not Path(sam.checkpoint).exists():
         raise RunError(
             f"{settings.source or 'config'}: instance.sam.checkpoint: {sam.checkpoint} not found; download the SAM "
             f"'{sam.variant}' checkpoint into {Path(sam.checkpoint).parent} or set 'checkpoint: none' to run SAM untrained (demo only)"

@@ -90,8 +90,10 @@ def table_html(frame: pd.DataFrame, digits: int = 3, labels: dict[str, str] | No
     labels = labels or {}
     head = "".join(f"<th>{_e(labels.get(str(c), c))}</th>" for c in frame.columns)
     rows = []
+    text_columns = [not pd.api.types.is_numeric_dtype(frame[c]) for c in frame.columns]
     for record in frame.itertuples(index=False):
-        rows.append("<tr>" + "".join(f"<td>{_e(_format(v, digits))}</td>" for v in record) + "</tr>")
+        cells = ["" if is_text and isinstance(v, float) and v != v else _format(v, digits) for v, is_text in zip(record, text_columns)]
+        rows.append("<tr>" + "".join(f"<td>{_e(cell)}</td>" for cell in cells) + "</tr>")
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
 
 
@@ -137,24 +139,37 @@ def _banner(settings: dict) -> str:
     )
 
 
-def _status_section(root: Path) -> str:
-    stamps = sorted((root / ".stamps").glob("*.json"), key=lambda p: (_read_json(p) or {}).get("started", ""))
-    if not stamps:
+def _status_section(root: Path, steps: list[str]) -> str:
+    if not steps:
+        steps = [p.stem for p in sorted((root / ".stamps").glob("*.json"))]
+    if not steps:
         return _missing("step status")
     rows = []
-    for path in stamps:
-        stamp = _read_json(path) or {}
-        status = stamp.get("status", "?")
-        css = "ok" if status == "done" else "bad"
+    for name in steps:
+        stamp = _read_json(root / ".stamps" / f"{name}.json") or {}
+        status = stamp.get("status", "not run")
+        if name == "report":
+            status = "this page"
+        css = "ok" if status in ("done", "this page") else "bad"
         log = stamp.get("log", "")
         wall = stamp.get("wall_s")
+        when = _seconds(float(wall)) if wall is not None else ""
+        link = f"<a href='{_e(log)}'>{_e(log)}</a>" if log and (root / log).is_file() else ""
         rows.append(
-            f"<tr><td>{_e(stamp.get('step', path.stem))}</td><td class='{css}'>{_e(status)}</td>"
-            f"<td>{_e(_format(float(wall), 1)) + ' s' if wall is not None else ''}</td><td>{_e(stamp.get('finished', ''))}</td>"
-            f"<td><a href='{_e(log)}'>{_e(log)}</a></td></tr>"
+            f"<tr><td>{_e(name)}</td><td class='{css}'>{_e(status)}</td><td>{_e(when)}</td>"
+            f"<td>{_e(stamp.get('finished', ''))}</td><td>{link}</td></tr>"
         )
     return ("<table><thead><tr><th>step</th><th>status</th><th>wall time</th><th>finished</th><th>log</th></tr></thead>"
             f"<tbody>{''.join(rows)}</tbody></table>")
+
+
+def _seconds(value: float) -> str:
+    if value < 0.1:
+        return "< 0.1 s"
+    if value < 120:
+        return f"{value:.1f} s"
+    minutes, seconds = divmod(int(round(value)), 60)
+    return f"{minutes} min {seconds:02d} s"
 
 
 def _settings_section(config: dict) -> str:
@@ -208,14 +223,15 @@ def table1_comparison(ours: pd.DataFrame, published: pd.DataFrame) -> pd.DataFra
     return pd.DataFrame(rows)
 
 
-def _training_times(root: Path) -> pd.DataFrame | None:
+def _training_times(root: Path, models: list[str]) -> pd.DataFrame | None:
     published = _read_csv(PUBLISHED_DIR / "training_time.csv")
     rows = []
-    for run_json in sorted((root / "semantic").glob("*/run.json")):
-        run = _read_json(run_json) or {}
-        model = run_json.parent.name
+    for model in models:
+        run = _read_json(root / "semantic" / model / "run.json")
+        if not run:
+            continue
         wall = run.get("wall_time_s", run.get("wall_s", run.get("train_time_s")))
-        settings = run.get("settings", {})
+        settings = run.get("settings", run)
         paper = published[published["model"] == model] if published is not None else None
         rows.append({
             "model": MODEL_LABELS.get(model, model),
@@ -227,7 +243,7 @@ def _training_times(root: Path) -> pd.DataFrame | None:
     return pd.DataFrame(rows) if rows else None
 
 
-def _semantic_section(root: Path) -> str:
+def _semantic_section(root: Path, models: list[str]) -> str:
     sweep = root / "semantic" / "sweep"
     parts = []
     ours = _read_csv(sweep / "table1.csv")
@@ -247,7 +263,7 @@ def _semantic_section(root: Path) -> str:
                                   on=["model", "metric"], how="left")
         merged["model"] = merged["model"].map(lambda m: MODEL_LABELS.get(m, m))
         parts.append("<h3>Optimal thresholds per model and metric</h3>" + table_html(merged))
-    times = _training_times(root)
+    times = _training_times(root, models)
     if times is not None:
         parts.append("<h3>Training time</h3>" + table_html(times, 1))
     parts.append("<h3>Statistics</h3>" + _stats_html(root / "semantic" / "stats"))
@@ -349,11 +365,11 @@ def render_report(root: str | Path) -> str:
     semantic_on = settings.get("semantic", {}).get("enabled", True)
     instance_on = settings.get("instance", {}).get("enabled", True)
     sections = [
-        ("status", "Steps", _status_section(root)),
+        ("status", "Steps", _status_section(root, list(config.get("steps", [])))),
         ("data", "Data", _data_section(root)),
     ]
     if semantic_on:
-        sections.append(("semantic", "Study A: semantic segmentation (4 models)", _semantic_section(root)))
+        sections.append(("semantic", "Study A: semantic segmentation (4 models)", _semantic_section(root, list(settings.get("semantic", {}).get("models", [])))))
     if instance_on:
         sections.append(("instance", "Study B: instance segmentation (Mask R-CNN vs SAM)", _instance_section(root)))
     sections += [

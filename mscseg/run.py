@@ -319,7 +319,8 @@ def build_steps(settings: Settings) -> list[Step]:
         ]
         del methods
     all_names = tuple(step.name for step in result)
-    result.append(Step("report", "report", all_names, lambda lay: [lay.report], lambda st: st.to_dict(),
+    result.append(Step("report", "report", all_names, lambda lay: [lay.report],
+                       lambda st: {k: v for k, v in st.to_dict().items() if k != "source"},
                        actions.report_step, ("mscseg.report:write_report",), derived=True))
     return result
 
@@ -388,6 +389,7 @@ class Planned:
     note: str = ""
     resume: bool = False
     overwrite: bool = False
+    has_outputs: bool = False
 
 
 def _has_outputs(paths: list[Path]) -> bool:
@@ -418,6 +420,7 @@ def plan(
             else:
                 entry = _state(step, current, stamp, outputs, by_name, layout)
         if entry.state not in ("unavailable", "blocked"):
+            entry.has_outputs = _has_outputs(outputs)
             entry = _decide(entry, step.name in selected, step.name in forced, overwrite)
         by_name[step.name] = entry
         result.append(entry)
@@ -434,7 +437,8 @@ def _state(step: Step, current: dict, stamp: dict | None, outputs: list[Path], b
     same_settings = stamp.get("settings_hash") == _hash(current)
     if stamp.get("status") != "done":
         if same_settings:
-            return Planned(step, "partial", "run", "stopped part-way; resumes" if step.resumable else "stopped part-way; redone",
+            how = {"failed": "failed last time", "interrupted": "interrupted"}.get(stamp.get("status"), "stopped part-way")
+            return Planned(step, "partial", "run", f"{how}; " + ("resumes" if step.resumable else "runs again"),
                            resume=step.resumable)
         return Planned(step, "changed", "run", "stopped part-way with other settings: " + describe_changes(stamp.get("settings", {}), current))
     if not same_settings:
@@ -472,7 +476,7 @@ def _decide(entry: Planned, selected: bool, forced: bool, overwrite: bool) -> Pl
         entry.action = "run"
         entry.overwrite = entry.state == "partial" and not entry.step.resumable
         return entry
-    if entry.step.derived or overwrite:
+    if entry.step.derived or overwrite or not entry.has_outputs:
         entry.action, entry.overwrite = "run", True
         return entry
     entry.action = "conflict"
@@ -568,18 +572,21 @@ def run_step(entry: Planned, settings: Settings, layout: Layout) -> float:
     write_stamp(layout, step.name, stamp)
     log_path = layout.logs / f"{step.name}.log"
     context = Context(settings, layout, step.name, resume=entry.resume, overwrite=entry.overwrite or not step.resumable)
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     with capture_output(log_path) as log:
         print(f"=== {step.name} started {stamp['started']}" + (" (resuming)" if entry.resume else "") + " ===", file=log)
         try:
             step.action(context)
-        except BaseException:
+        except BaseException as error:
             traceback.print_exc(file=log)
             print(f"=== {step.name} stopped after {time.perf_counter() - started:.1f} s ===", file=log)
+            stamp.update(status="interrupted" if isinstance(error, KeyboardInterrupt) else "failed",
+                         error=f"{type(error).__name__}: {_one_line(error, 300)}", stopped=_now())
+            write_stamp(layout, step.name, stamp)
             raise
         wall = time.perf_counter() - started
         print(f"=== {step.name} finished in {wall:.1f} s ===", file=log)
-    stamp.update(status="done", finished=_now(), wall_s=round(wall, 3))
+    stamp.update(status="done", finished=_now(), wall_s=round(wall, 3), cpu_s=round(time.process_time() - cpu_started, 3))
     write_stamp(layout, step.name, stamp)
     return wall
 
@@ -597,6 +604,51 @@ def _duration(seconds: float) -> str:
         return f"{minutes} min {seconds:02d} s"
     hours, minutes = divmod(minutes, 60)
     return f"{hours} h {minutes:02d} min"
+
+
+# ---------------------------------------------------------------- pretrained weights, checked before any step runs
+
+def check_weights(settings: Settings, running: set[str]) -> None:
+    """Find (or fetch, when online) the pretrained files the steps about to run need, so that a missing
+    file stops the run at once with the pieces' message (file, folder, how to run without it)."""
+    semantic, instance = settings.semantic, settings.instance
+    hints = {
+        "semantic": "or set 'semantic.encoder_weights: none' in the config for random initialisation",
+        "coco": "or set 'instance.weights: none' in the config for random initialisation",
+        "sam": "or set 'instance.sam.checkpoint: none' in the config to run SAM untrained",
+    }
+    training = [m for m in semantic.models if f"semantic_train_{m}" in running]
+    if semantic.enabled and training and semantic.encoder_weights == "imagenet":
+        try:
+            from keras_semseg.registry import get_entry
+            from keras_semseg.weights import keras_application_weights
+        except ImportError:
+            pass
+        else:
+            for encoder in dict.fromkeys(get_entry(model).encoder for model in training):
+                _with_hint(lambda: keras_application_weights(encoder, "imagenet"), hints["semantic"])
+    if instance.enabled and "instance_train" in running and instance.weights == "coco":
+        try:
+            from torch_instseg.weights import ensure_coco_weights
+        except ImportError:
+            pass
+        else:
+            _with_hint(ensure_coco_weights, hints["coco"])
+    if instance.enabled and "instance_sam" in running and instance.sam.checkpoint is not None:
+        try:
+            from torch_instseg.weights import resolve_sam_checkpoint
+        except ImportError:
+            pass
+        else:
+            path = None if instance.sam.checkpoint == "default" else instance.sam.checkpoint
+            _with_hint(lambda: resolve_sam_checkpoint(instance.sam.variant, path), hints["sam"])
+
+
+def _with_hint(check: Callable[[], Any], hint: str) -> None:
+    try:
+        check()
+    except _bad_input_errors() as error:
+        raise RunError(f"{' '.join(str(error).split())} ({hint})") from None
 
 
 # ---------------------------------------------------------------- versions and config.json
@@ -620,11 +672,12 @@ def library_versions() -> dict[str, str]:
     return versions
 
 
-def write_config_json(settings: Settings, layout: Layout, argv: Sequence[str]) -> None:
+def write_config_json(settings: Settings, layout: Layout, argv: Sequence[str], steps: Sequence[str] = ()) -> None:
     from data.outputs import write_json
 
     write_json(layout.config_json, {
         "settings": settings.to_dict(),
+        "steps": list(steps),
         "versions": library_versions(),
         "command": ["mscseg-run", *argv],
         "written": _now(),
@@ -702,11 +755,12 @@ def main(argv: list[str] | None = None) -> int:
         if any(e.action == "conflict" for e in entries):
             raise RunError(conflicts_message(entries, layout))
         check_inputs(settings)
+        check_weights(settings, {e.step.name for e in entries if e.action == "run"})
     except bad_input as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     layout.root.mkdir(parents=True, exist_ok=True)
-    write_config_json(settings, layout, argv)
+    write_config_json(settings, layout, argv, [step.name for step in steps])
     print(f"mscseg: config {settings.source} -> {layout.root}", file=console)
     for warning in settings.untrained:
         print(f"mscseg: note: {warning}", file=console)
@@ -720,8 +774,8 @@ def main(argv: list[str] | None = None) -> int:
             if entry.state == "unavailable":
                 unavailable.append(entry.step.name)
             continue
-        print(f"{label} running{' (resuming)' if entry.resume else ''} ...", file=console, flush=True)
         log_name = layout.logs / f"{entry.step.name}.log"
+        print(f"{label} running{' (resuming)' if entry.resume else ''} ... (log: {log_name})", file=console, flush=True)
         try:
             wall = run_step(entry, settings, layout)
         except KeyboardInterrupt:
@@ -732,7 +786,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: step {entry.step.name} failed: {_one_line(error)} (log: {log_name})", file=sys.stderr)
             return 2
         except Exception as error:  # noqa: BLE001 - a crash in a step is reported with its log
-            print(f"{label} crashed: {type(error).__name__}: {_one_line(error)}", file=console, flush=True)
+            print(f"{label} crashed: {type(error).__name__}: {_one_line(error, 160)}", file=console, flush=True)
             print(f"error: step {entry.step.name} crashed ({type(error).__name__}); the traceback is in {log_name}", file=sys.stderr)
             return 1
         ran += 1
@@ -758,8 +812,9 @@ def _skip_text(entry: Planned) -> str:
     return f"skipped ({entry.note or entry.state})"
 
 
-def _one_line(error: BaseException) -> str:
-    return " ".join(str(error).split()) or type(error).__name__
+def _one_line(error: BaseException, limit: int | None = None) -> str:
+    text = " ".join(str(error).split()) or type(error).__name__
+    return text if limit is None or len(text) <= limit else text[: limit - 3] + "..."
 
 
 if __name__ == "__main__":

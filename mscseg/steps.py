@@ -171,9 +171,16 @@ def instance_sam_step(ctx: Context) -> None:
     sam = ctx.settings.instance.sam
     names = ctx.split("instance")["val"]
     run_sam(ctx.dataset("instance"), names, ctx.layout.prediction("maskrcnn"), _ground_truth(ctx), ctx.layout.predictions,
-            variant=sam.variant, checkpoint=sam.checkpoint, modes=tuple(sam.modes), score=sam.score,
+            variant=sam.variant, checkpoint=sam_checkpoint(sam.checkpoint), modes=tuple(sam.modes), score=sam.score,
             device=_device(ctx.settings.instance.device), overwrite=ctx.overwrite)
     print(f"SAM {sam.variant} ({', '.join(sam.modes)}) -> {ctx.layout.predictions}")
+
+
+def sam_checkpoint(configured: str | None) -> str | None:
+    """The config's checkpoint as torch_instseg.sam takes it: none -> "none" (random), default -> None (its default folder)."""
+    if configured is None:
+        return "none"
+    return None if configured == "default" else configured
 
 
 def instance_methods(ctx: Context) -> list[str]:

@@ -1,0 +1,140 @@
+"""mscseg.config: presets, validation messages, base merging; published numbers as data."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from mscseg.config import PRESET_DIR, available_presets, check_inputs, from_mapping, load_config
+from mscseg.errors import RunError
+
+ROOT = Path(__file__).resolve().parents[1]
+PUBLISHED = ROOT / "mscseg" / "published"
+
+
+def write(tmp_path: Path, text: str, name: str = "run.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def test_presets_load_and_match_top_level_copies():
+    assert available_presets() == ["paper", "small", "tiny"]
+    for name in available_presets():
+        packaged = PRESET_DIR / f"{name}.yaml"
+        top_level = ROOT / "configs" / f"{name}.yaml"
+        assert top_level.read_bytes() == packaged.read_bytes(), f"configs/{name}.yaml differs from mscseg/configs/{name}.yaml"
+        settings = load_config(top_level)
+        assert settings.name == name
+    paper = load_config("paper")
+    assert (paper.semantic.epochs, paper.semantic.batch_size, paper.semantic.encoder_weights) == (100, 8, "imagenet")
+    assert paper.semantic.models == ["unet", "deeplabv3plus", "segnet", "maskrcnn"]
+    assert (paper.instance.epochs, paper.instance.batch_size, paper.instance.lr, paper.instance.weight_decay) == (50, 2, 0.003, 0.0005)
+    assert paper.instance.weights == "coco" and paper.instance.sam.variant == "vit_h"
+    assert paper.instance.evaluation.max_dets[101] == 100 and paper.instance.evaluation.max_dets[11] > 100
+    assert paper.untrained == []
+
+
+def test_small_is_the_default_and_untrained_is_labelled():
+    settings = load_config(None)
+    assert settings.name == "small"
+    assert settings.semantic.dataset.synthetic is not None and settings.instance.dataset.synthetic.density == "dense"
+    assert settings.semantic.encoder_weights is None and settings.instance.weights is None
+    assert settings.instance.sam.checkpoint is None
+    assert len(settings.untrained) == 3 and settings.synthetic
+
+
+def test_unknown_key_names_the_key_and_suggests(tmp_path):
+    path = write(tmp_path, "semantic:\n  epoch: 3\n")
+    with pytest.raises(RunError) as caught:
+        load_config(path)
+    message = str(caught.value)
+    assert "\n" not in message
+    assert "semantic.epoch" in message and "did you mean 'epochs'" in message and str(path) in message
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("semantic:\n  epochs: 0\n", "semantic.epochs: must be at least 1"),
+    ("semantic:\n  epochs: ten\n", "semantic.epochs: must be a whole number"),
+    ("semantic:\n  models: [unet, segnett]\n", "did you mean 'segnet'"),
+    ("semantic:\n  image_size: 100\n", "semantic.image_size: must be a multiple of 32"),
+    ("instance:\n  sam:\n    modes: [box, points]\n", "instance.sam.modes: unknown prompt mode 'points'"),
+    ("instance:\n  evaluation:\n    interpolations: [11, 40]\n", "unknown interpolation 40"),
+    ("instance:\n  dataset:\n    path: a\n    synthetic: {n_images: 4}\n", "give exactly one of 'path'"),
+    ("stats:\n  posthoc: tukey\n", "stats.posthoc: must be one of dunn, conover, wilcoxon"),
+    ("semantic: [1, 2]\n", "semantic: must be a mapping"),
+    ("semantic:\n  enabled: false\ninstance:\n  enabled: false\n", "nothing to run"),
+])
+def test_bad_values_give_one_line_errors(tmp_path, text, expected):
+    with pytest.raises(RunError) as caught:
+        load_config(write(tmp_path, text))
+    assert expected in str(caught.value)
+    assert "\n" not in str(caught.value)
+
+
+def test_invalid_yaml_and_missing_file(tmp_path):
+    with pytest.raises(RunError, match="not valid YAML"):
+        load_config(write(tmp_path, "semantic: [unclosed\n"))
+    with pytest.raises(RunError, match="config file not found"):
+        load_config(tmp_path / "absent.yaml")
+
+
+def test_base_preset_is_merged_key_by_key(tmp_path):
+    path = write(tmp_path, "base: tiny\nname: mine\nsemantic:\n  epochs: 2\n  models: [unet]\n")
+    settings = load_config(path)
+    assert settings.name == "mine"
+    assert settings.semantic.epochs == 2 and settings.semantic.models == ["unet"]
+    assert settings.semantic.image_size == 64  # from tiny
+    assert settings.instance.sam.variant == "vit_tiny"
+
+
+def test_json_config_and_string_keys(tmp_path):
+    data = {"base": "tiny", "instance": {"evaluation": {"interpolations": [11], "max_dets": {"11": 250}}}}
+    settings = load_config(write(tmp_path, json.dumps(data), "run.json"))
+    assert settings.name == "run"
+    assert settings.instance.evaluation.max_dets == {11: 250}
+
+
+def test_missing_dataset_path_and_checkpoint(tmp_path):
+    settings = from_mapping({"semantic": {"dataset": {"path": str(tmp_path / "nowhere")}}, "instance": {"enabled": False}},
+                            source="x.yaml")
+    with pytest.raises(RunError) as caught:
+        check_inputs(settings)
+    assert "semantic.dataset.path" in str(caught.value) and "nowhere" in str(caught.value)
+    settings = load_config("tiny")
+    settings.instance.sam.checkpoint = str(tmp_path / "sam_vit_h.pth")
+    with pytest.raises(RunError, match="instance.sam.checkpoint: .* not found; download"):
+        check_inputs(settings)
+
+
+def test_published_table1_matches_spec():
+    table = pd.read_csv(PUBLISHED / "table1.csv").set_index("model")
+    spec = {  # SPEC.md, Table 1: DC, JI, PA (mean, sd) and threshold
+        "unet": (0.876, 0.036, 0.781, 0.058, 0.935, 0.028, 0.43),
+        "deeplabv3plus": (0.855, 0.033, 0.749, 0.050, 0.922, 0.031, 0.30),
+        "segnet": (0.748, 0.044, 0.600, 0.055, 0.858, 0.057, 0.15),
+        "maskrcnn": (0.856, 0.036, 0.750, 0.053, 0.923, 0.032, 0.05),
+    }
+    columns = ["dice_mean", "dice_std", "jaccard_mean", "jaccard_std", "pixel_accuracy_mean", "pixel_accuracy_std", "threshold"]
+    for model, values in spec.items():
+        assert tuple(table.loc[model, columns]) == pytest.approx(values, abs=1e-9)
+    optimal = pd.read_csv(PUBLISHED / "optimal_thresholds.csv").set_index(["model", "metric"])["threshold"]
+    assert optimal[("deeplabv3plus", "pixel_accuracy")] == 0.42 and optimal[("maskrcnn", "jaccard")] == 0.06
+    times = pd.read_csv(PUBLISHED / "training_time.csv").set_index("model")["wall_s"]
+    assert times.to_dict() == {"unet": 21 * 60 + 55, "deeplabv3plus": 16 * 60 + 18, "segnet": 16 * 60 + 1, "maskrcnn": 18 * 60 + 38}
+
+
+def test_published_instance_table_matches_spec():
+    table = pd.read_csv(PUBLISHED / "instance_table.csv").set_index(["dataset", "method"])
+    spec = {  # SPEC.md, study B: cells/image, detected/image, mean confidence, mAP
+        ("rat_msc", "maskrcnn"): (48, 8.4, 10.0, 0.938, 0.640),
+        ("rat_msc", "sam"): (48, 8.4, 10.0, 0.927, 0.605),
+        ("human_msc", "maskrcnn"): (207, 41.85, 37.17, 0.801, 0.306),
+        ("human_msc", "sam"): (207, 41.85, 37.17, 0.848, 0.262),
+    }
+    columns = ["n_images", "cells_per_image", "detected_per_image", "mean_confidence", "map"]
+    for key, values in spec.items():
+        assert tuple(table.loc[key, columns]) == pytest.approx(values, abs=1e-9)
+    assert set(table["convention"]) == {"11-point interpolation, IoU 0.50:0.95"}

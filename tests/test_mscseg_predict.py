@@ -1,0 +1,208 @@
+"""mscseg.predict: tiling, blending, instance merging, measurements; prediction with the tiny run's models."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from data.imageio import read_array, write_png
+from mscseg import predict
+from mscseg.errors import RunError
+from mscseg.predict import (
+    LoadedModel, blend_weights, components, find_images, instance_labels, main, measure_cells, owner_index, relabel,
+    semantic_probabilities, tile_starts,
+)
+
+
+def test_tile_starts_cover_with_overlap():
+    assert tile_starts(64, 64, 16) == [0]
+    assert tile_starts(50, 64, 16) == [0]
+    assert tile_starts(150, 64, 16) == [0, 48, 86]
+    for length, tile, overlap in ((150, 64, 16), (1024, 128, 32), (65, 64, 0)):
+        starts = tile_starts(length, tile, overlap)
+        covered = np.zeros(length, bool)
+        for start in starts:
+            covered[start:start + tile] = True
+            assert 0 <= start <= length - tile
+        assert covered.all()
+        assert all(b - a <= tile - overlap for a, b in zip(starts, starts[1:]))
+
+
+def test_owner_index_nearest_centre():
+    owners = owner_index(150, [0, 48, 86], 64)
+    assert owners[0] == 0 and owners[149] == 2
+    assert owners[55] == 0 and owners[56] == 1 and owners[98] == 1 and owners[99] == 2  # centres 32, 80, 118
+    assert np.all(np.diff(owners) >= 0)
+
+
+def test_blend_weights_shape_and_positive():
+    weights = blend_weights(64, 64, 16)
+    assert weights.shape == (64, 64) and weights.min() > 0 and weights[32, 32] == 1.0
+    assert weights[0, 32] < weights[8, 32] < weights[16, 32] == 1.0
+
+
+def test_measure_cells_known_answers():
+    labels = np.zeros((40, 60), np.int32)
+    labels[10:14, 5:45] = 1     # 4 x 40 bar
+    labels[25:35, 20:30] = 2    # 10 x 10 square
+    cells = measure_cells(labels, "img").set_index("cell")
+    assert list(cells.columns[:1]) == ["image"]
+    assert cells.loc[1, "area_px"] == 160 and cells.loc[2, "area_px"] == 100
+    assert cells.loc[1, "elongation"] == pytest.approx(40 / 4, rel=0.05)
+    assert cells.loc[2, "elongation"] == pytest.approx(1.0, abs=1e-6)
+    assert (cells.loc[2, "centroid_x"], cells.loc[2, "centroid_y"]) == (24.5, 29.5)
+    assert 30 < cells.loc[2, "perimeter_px"] <= 40
+
+
+def test_components_and_relabel():
+    mask = np.zeros((10, 10), bool)
+    mask[1:3, 1:3] = True
+    mask[3, 3] = True              # touches diagonally: same 8-connected cell
+    mask[7:9, 7:9] = True
+    mask[0, 9] = True              # 1 px speck
+    labels = components(mask)
+    assert labels.max() == 3
+    assert components(mask, min_area=2).max() == 2
+    renumbered, scores = relabel(np.array([[0, 5], [9, 9]]), {5: 0.2, 9: 0.8})
+    assert renumbered.tolist() == [[0, 1], [2, 2]] and scores == {1: 0.2, 2: 0.8}
+
+
+def test_find_images_names_collisions_by_parent(tmp_path):
+    for folder in ("set1", "set2"):
+        write_png(tmp_path / folder / "raw.png", np.zeros((4, 4), np.uint8))
+    write_png(tmp_path / "set1" / "other.png", np.zeros((4, 4), np.uint8))
+    named = find_images([tmp_path], recursive=True)
+    assert list(named) == ["other", "set1_raw", "set2_raw"]
+    with pytest.raises(RunError, match="add --recursive"):
+        find_images([tmp_path])
+    with pytest.raises(RunError, match="no such file"):
+        find_images([tmp_path / "absent"])
+
+
+def test_tiled_blending_reproduces_an_identity_model(monkeypatch):
+    """A model that returns its input: any tiling must give the image back exactly."""
+    import keras_semseg.predict as keras_predict
+
+    monkeypatch.setattr(keras_predict, "predict_probs", lambda model, images, size, batch_size=8: [i[..., 0].copy() for i in images])
+    rng = np.random.default_rng(0)
+    image = np.repeat(rng.random((150, 170, 1), dtype=np.float32), 3, axis=2)
+    loaded = LoadedModel("semantic", "identity", None, 64, Path("."))
+    for tile, overlap in ((64, 16), (64, 0), (256, 16)):
+        np.testing.assert_allclose(semantic_probabilities(loaded, image, tile, overlap), image[..., 0], atol=1e-6)
+
+
+def test_instances_are_merged_once_across_tiles(monkeypatch):
+    """A 'detector' that returns connected components of bright pixels: each cell is found once."""
+    import torch_instseg.maskrcnn as maskrcnn
+
+    def detector(model, images, score_threshold=0.05, device=None, image_size=None):
+        out = []
+        for image in images:
+            labels = components(image[..., 0] > 0.5)
+            masks = np.stack([labels == i for i in range(1, labels.max() + 1)]) if labels.max() else np.zeros((0,) + labels.shape, bool)
+            out.append({"masks": masks, "scores": np.full(len(masks), 0.9, np.float32)})
+        return out
+
+    monkeypatch.setattr(maskrcnn, "predict_instances", detector)
+    image = np.zeros((150, 170, 3), np.float32)
+    yy, xx = np.mgrid[0:150, 0:170]
+    centres = [(10, 10), (40, 60), (47, 47), (80, 100), (120, 160), (100, 20), (70, 140)]
+    for cy, cx in centres:
+        image[(yy - cy) ** 2 + (xx - cx) ** 2 <= 9] = 1.0
+    loaded = LoadedModel("instance", "maskrcnn", None, 64, Path("."))
+    labels, scores = instance_labels(loaded, image, 64, 16, threshold=0.5)
+    assert labels.max() == len(centres) and len(scores) == len(centres)
+    np.testing.assert_array_equal(labels > 0, image[..., 0] > 0.5)
+
+
+# ---------------------------------------------------------------- with the tiny run's trained models
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory) -> Path:
+    from test_mscseg_run import ensure_tiny_run
+
+    return ensure_tiny_run(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def large_images(tmp_path_factory) -> Path:
+    """Two micrographs larger than the tiny run's 64 px training size (one 16-bit TIFF)."""
+    import tifffile
+
+    from data.synthetic import generate_sample
+
+    folder = tmp_path_factory.mktemp("new_images")
+    first = generate_sample((150, 170), "sparse", seed=5, name="big")
+    write_png(folder / "big.png", (first.image[..., 0] * 255).astype(np.uint8))
+    second = generate_sample((96, 80), "sparse", seed=6, name="small16")
+    tifffile.imwrite(folder / "small16.tif", (second.image[..., 0] * 60000).astype(np.uint16))
+    return folder
+
+
+def _check_outputs(out: Path, names: list[str]) -> pd.DataFrame:
+    counts = pd.read_csv(out / "counts.csv")
+    assert list(counts["image"]) == names
+    for row in counts.itertuples():
+        mask = read_array(out / "masks" / f"{row.image}.png")
+        labels = read_array(out / "labels" / f"{row.image}.png")
+        assert mask.shape == labels.shape == (row.height, row.width)
+        assert set(np.unique(mask)) <= {0, 255} and labels.dtype == np.uint16
+        assert row.cell_count == len(np.unique(labels[labels > 0]))
+        assert row.confluence == pytest.approx((mask > 0).mean())
+        assert len(pd.read_csv(out / "cells" / f"{row.image}.csv")) == row.cell_count
+        assert read_array(out / "overlays" / f"{row.image}.png").shape == (row.height, row.width, 3)
+    return counts
+
+
+@pytest.mark.slow
+def test_predict_semantic_run_on_larger_images(tiny_run, large_images, tmp_path, capsys):
+    out = tmp_path / "unet"
+    assert main(["--model", str(tiny_run / "semantic" / "unet"), "--images", str(large_images), "--out", str(out)]) == 0
+    counts = _check_outputs(out, ["big", "small16"])
+    record = json.loads((out / "predict.json").read_text())
+    table1 = pd.read_csv(tiny_run / "semantic" / "sweep" / "table1.csv").set_index("model")
+    assert record["threshold"] == pytest.approx(table1.loc["unet", "threshold"])
+    assert "Dice-optimal" in record["threshold_source"] and record["tile"] == 64 and record["overlap"] == 16
+    assert set(counts["kind"]) == {"semantic"}
+    assert main(["--model", str(tiny_run / "semantic" / "unet"), "--images", str(large_images), "--out", str(out)]) == 2
+    assert "already exists" in capsys.readouterr().err
+    scaled = tmp_path / "unet_half"
+    assert main(["--model", str(tiny_run / "semantic" / "unet"), "--images", str(large_images / "big.png"),
+                 "--out", str(scaled), "--scale", "0.5", "--threshold", "0.5"]) == 0
+    _check_outputs(scaled, ["big"])
+    assert json.loads((scaled / "predict.json").read_text())["scale"] == 0.5
+
+
+@pytest.mark.slow
+def test_predict_maskrcnn_run_with_tiles(tiny_run, large_images, tmp_path):
+    out = tmp_path / "maskrcnn"
+    table = predict.predict_folder(tiny_run / "instance" / "maskrcnn", [large_images / "small16.tif"], out,
+                                   threshold=0.0, tile=64, overlap=16)
+    assert list(table["kind"]) == ["instance"]
+    _check_outputs(out, ["small16"])
+    record = json.loads((out / "predict.json").read_text())
+    assert record["tile"] == 64 and record["tile_handling"] == "run at the tile's own size"
+    cells = pd.read_csv(out / "cells" / "small16.csv")
+    assert cells["score"].between(0, 1).all()
+
+
+def test_resizing_round_trip():
+    image = np.zeros((40, 60, 3), np.float32)
+    image[10:30, 20:40] = 1.0
+    half = predict.resize_image(image, 0.5)
+    assert half.shape == (20, 30, 3)
+    labels = np.zeros((20, 30), np.int32)
+    labels[5:15, 10:20] = 7
+    back = predict.resize_back(labels, (40, 60), labels=True)
+    assert back.shape == (40, 60) and set(np.unique(back)) == {0, 7} and (back == 7).sum() == 400
+
+
+def test_bad_inputs_exit_2(tmp_path, capsys):
+    assert main(["--model", str(tmp_path), "--images", str(tmp_path / "none"), "--out", str(tmp_path / "o")]) == 2
+    assert "no such file or folder" in capsys.readouterr().err
+    write_png(tmp_path / "a.png", np.zeros((8, 8), np.uint8))
+    assert main(["--model", str(tmp_path), "--images", str(tmp_path / "a.png"), "--out", str(tmp_path / "o")]) == 2
+    assert "run.json missing" in capsys.readouterr().err

@@ -42,7 +42,6 @@ Image names are file stems; when two inputs share a stem (e.g. ``set1/raw.tif`` 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -385,8 +384,8 @@ def predict_folder(
         work = resize_image(image, scale) if scale != 1 else image
         if loaded.kind == "semantic":
             probability = resize_back(semantic_probabilities(loaded, work, tile_size, overlap_px), (height, width), labels=False)
-            mask = probability > np.float32(threshold)
-            labels = components(mask, min_area)
+            labels = components(probability > np.float32(threshold), min_area)
+            mask = labels > 0
             scores: dict[int, float] = {}
         else:
             labels, scores = instance_labels(loaded, work, tile_size, overlap_px, threshold, device)

@@ -13,7 +13,7 @@ import html
 import json
 import sys
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import pandas as pd
 
@@ -90,7 +90,7 @@ def table_html(frame: pd.DataFrame, digits: int = 3, labels: dict[str, str] | No
     labels = labels or {}
     head = "".join(f"<th>{_e(labels.get(str(c), c))}</th>" for c in frame.columns)
     rows = []
-    text_columns = [not pd.api.types.is_numeric_dtype(frame[c]) for c in frame.columns]
+    text_columns = [not pd.api.types.is_numeric_dtype(frame[c]) or bool(frame[c].isna().all()) for c in frame.columns]
     for record in frame.itertuples(index=False):
         cells = ["" if is_text and isinstance(v, float) and v != v else _format(v, digits) for v, is_text in zip(record, text_columns)]
         rows.append("<tr>" + "".join(f"<td>{_e(cell)}</td>" for cell in cells) + "</tr>")
@@ -243,6 +243,18 @@ def _training_times(root: Path, models: list[str]) -> pd.DataFrame | None:
     return pd.DataFrame(rows) if rows else None
 
 
+def _instance_training(root: Path) -> pd.DataFrame | None:
+    run = _read_json(root / "instance" / "maskrcnn" / "run.json")
+    if not run:
+        return None
+    settings = run.get("settings", {})
+    return pd.DataFrame([{
+        "model": "Mask R-CNN (torchvision)", "epochs": run.get("epochs_done", settings.get("epochs", "?")),
+        "best epoch": run.get("best_epoch", "?"), "wall time s": run.get("wall_time_s", "?"),
+        "weights": run.get("weights_source", settings.get("weights", "?")), "device": run.get("device", "?"),
+    }])
+
+
 def _semantic_section(root: Path, models: list[str]) -> str:
     sweep = root / "semantic" / "sweep"
     parts = []
@@ -316,6 +328,9 @@ def _instance_section(root: Path) -> str:
         shown = published.drop(columns=["source"]).copy()
         shown["method"] = shown["method"].map(lambda m: {"sam": "SAM (box)"}.get(m, METHOD_LABELS.get(m, m)))
         parts.append("<h3>Instance table: the paper</h3>" + table_html(shown))
+    training = _instance_training(root)
+    if training is not None:
+        parts.append("<h3>Mask R-CNN training</h3>" + table_html(training, 1))
     meta = _read_json(root / "instance" / "predictions" / "sam_box.meta.json")
     if meta:
         parts.append(f'<p class="muted">SAM: variant {_e(meta.get("variant"))}, checkpoint {_e(meta.get("checkpoint"))}, '

@@ -38,7 +38,6 @@ import datetime as _dt
 import hashlib
 import importlib
 import importlib.util
-import io
 import json
 import logging
 import os
@@ -438,8 +437,8 @@ def _state(step: Step, current: dict, stamp: dict | None, outputs: list[Path], b
     if stamp.get("status") != "done":
         if same_settings:
             how = {"failed": "failed last time", "interrupted": "interrupted"}.get(stamp.get("status"), "stopped part-way")
-            return Planned(step, "partial", "run", f"{how}; " + ("resumes" if step.resumable else "runs again"),
-                           resume=step.resumable)
+            resume = step.resumable and any((p / "run.json").is_file() for p in outputs if p.is_dir())
+            return Planned(step, "partial", "run", f"{how}; " + ("resumes" if resume else "runs again"), resume=resume)
         return Planned(step, "changed", "run", "stopped part-way with other settings: " + describe_changes(stamp.get("settings", {}), current))
     if not same_settings:
         return Planned(step, "changed", "run", "settings changed: " + describe_changes(stamp.get("settings", {}), current))
@@ -474,7 +473,7 @@ def _decide(entry: Planned, selected: bool, forced: bool, overwrite: bool) -> Pl
         return entry
     if entry.state in ("new", "partial"):
         entry.action = "run"
-        entry.overwrite = entry.state == "partial" and not entry.step.resumable
+        entry.overwrite = entry.state == "partial" and not entry.resume
         return entry
     if entry.step.derived or overwrite or not entry.has_outputs:
         entry.action, entry.overwrite = "run", True

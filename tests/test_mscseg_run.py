@@ -21,26 +21,35 @@ CALLS: list[tuple[str, bool, bool]] = []
 BEHAVIOUR: dict[str, str] = {}
 
 
+def _target(root: Path, name: str) -> Path:
+    """Where a toy step writes: the training step into its own folder (like a real run), the others a file."""
+    return root / name / "run.json" if name == "train" else root / f"{name}.txt"
+
+
 def _action(name: str):
     def action(ctx) -> None:
         CALLS.append((name, ctx.resume, ctx.overwrite))
         print(f"hello from {name}")
         mode = BEHAVIOUR.pop(name, None)
+        target = _target(ctx.layout.root, name)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if mode == "interrupt_early":
+            raise KeyboardInterrupt
         if mode == "interrupt":
-            (ctx.layout.root / f"{name}.txt").write_text("half")
+            target.write_text("half")
             raise KeyboardInterrupt
         if mode == "bad":
             raise DatasetError("image has no pixels", "img_7.png")
         if mode == "crash":
             raise ValueError("boom in the middle")
         settings = ctx.settings
-        (ctx.layout.root / f"{name}.txt").write_text(f"{settings.semantic.image_size} {settings.semantic.epochs}")
+        target.write_text(f"{settings.semantic.image_size} {settings.semantic.epochs}")
     return action
 
 
 def toy_steps(settings) -> list[Step]:
     def output(name):
-        return lambda layout: [layout.root / f"{name}.txt"]
+        return lambda layout: [_target(layout.root, name).parent if name == "train" else _target(layout.root, name)]
 
     steps = [
         Step("prepare", "data", (), output("prepare"), lambda st: {"size": st.semantic.image_size}, _action("prepare")),
@@ -108,16 +117,16 @@ def test_changed_setting_refuses_then_overwrite_reruns_it_and_what_follows(toy, 
     error = capsys.readouterr().err
     assert "train (settings changed: epochs 1 -> 2)" in error and "--overwrite" in error and "--out" in error
     assert "\n" not in error.strip()
-    assert CALLS == [] and (toy.out / "train.txt").read_text() == "64 1"
+    assert CALLS == [] and (toy.out / "train" / "run.json").read_text() == "64 1"
     assert toy("--overwrite", epochs=2) == 0
     assert names(CALLS) == ["train", "evaluate", "report"]
-    assert (toy.out / "train.txt").read_text() == "64 2"
+    assert (toy.out / "train" / "run.json").read_text() == "64 2"
     assert toy(epochs=2) == 0 and CALLS == []
 
 
 def test_deleted_outputs_are_remade_and_what_used_them_needs_overwrite(toy, capsys):
     assert toy() == 0
-    (toy.out / "train.txt").unlink()
+    (toy.out / "train" / "run.json").unlink()
     capsys.readouterr()
     assert toy() == 2
     assert "evaluate (train reruns)" in capsys.readouterr().err and CALLS == []
@@ -152,7 +161,14 @@ def test_interrupted_step_resumes(toy, capsys):
     assert toy() == 0
     assert CALLS[0] == ("train", True, False)
     assert names(CALLS) == ["train", "evaluate", "report"]
-    assert (toy.out / "train.txt").read_text() == "64 1"
+    assert (toy.out / "train" / "run.json").read_text() == "64 1"
+
+
+def test_step_interrupted_before_writing_anything_starts_again(toy, capsys):
+    BEHAVIOUR["train"] = "interrupt_early"
+    assert toy() == 130
+    assert toy() == 0
+    assert CALLS[0] == ("train", False, True)
 
 
 def test_failed_step_names_the_step_and_its_log(toy, capsys):

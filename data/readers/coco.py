@@ -19,7 +19,7 @@ import numpy as np
 from ..dataset import Dataset, Entry
 from ..errors import DatasetError
 from ..imageio import read_image
-from .via import json_head, find_image, load_json
+from .jsonfile import detect_json, find_image, json_head, load_json, resolve_json
 
 CROWD_MODES = ("instance", "skip", "error")
 
@@ -29,15 +29,8 @@ def looks_like_coco(path: Path) -> bool:
     return '"images"' in head and '"file_name"' in head
 
 
-def _coco_files(folder: Path) -> list[Path]:
-    return [path for path in sorted(folder.glob("*.json")) if looks_like_coco(path)]
-
-
 def detect(path: str | Path) -> bool:
-    path = Path(path)
-    if path.is_file():
-        return path.suffix.lower() == ".json" and looks_like_coco(path)
-    return path.is_dir() and len(_coco_files(path)) == 1
+    return detect_json(Path(path), looks_like_coco)
 
 
 def _check_segmentation(segmentation: Any) -> str:
@@ -111,13 +104,7 @@ def read(path: str | Path, images: str | Path | None = None, category: str | int
     ``crowd``: 'instance' (default), 'skip' or 'error' for ``iscrowd`` annotations.
     Every image entry is a sample; one without annotations has no cells.
     """
-    json_path = Path(path)
-    if json_path.is_dir():
-        candidates = _coco_files(json_path)
-        if len(candidates) != 1:
-            found = ", ".join(p.name for p in candidates) or "none"
-            raise DatasetError(f"expected exactly one COCO JSON file in the folder (found: {found}); pass the file itself", json_path)
-        json_path = candidates[0]
+    json_path = resolve_json(path, looks_like_coco, "COCO")
     if crowd not in CROWD_MODES:
         raise DatasetError(f"crowd must be one of {', '.join(CROWD_MODES)}, got '{crowd}'", json_path)
     data = load_json(json_path, "COCO")

@@ -20,7 +20,6 @@ Images are looked for in the ``images`` folder (when given) and beside the JSON 
 """
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any
@@ -30,20 +29,13 @@ import numpy as np
 from ..dataset import Dataset, Entry
 from ..errors import DatasetError
 from ..imageio import image_info, read_image
+from .jsonfile import detect_json, find_image, json_head, load_json, resolve_json
 
 Polygon = list[tuple[float, float]]
 
 V3_SHAPES = {1: "point", 2: "rect", 3: "circle", 4: "ellipse", 5: "line", 6: "polyline", 7: "polygon", 8: "extreme_rect", 9: "extreme_circle"}
 NOT_AREAS = {"point", "line", "polyline"}
 V3_IMAGE_TYPE = 2
-
-
-def json_head(path: Path, size: int = 65536) -> str:
-    try:
-        with open(path, "rb") as handle:
-            return handle.read(size).decode("utf-8", errors="ignore")
-    except OSError:
-        return ""
 
 
 def looks_like_via(path: Path) -> bool:
@@ -54,41 +46,8 @@ def looks_like_via(path: Path) -> bool:
     )
 
 
-def _via_files(folder: Path) -> list[Path]:
-    return [path for path in sorted(folder.glob("*.json")) if looks_like_via(path)]
-
-
 def detect(path: str | Path) -> bool:
-    path = Path(path)
-    if path.is_file():
-        return path.suffix.lower() == ".json" and looks_like_via(path)
-    return path.is_dir() and len(_via_files(path)) == 1
-
-
-def load_json(path: Path, kind: str) -> Any:
-    """Parsed JSON; ``DatasetError`` naming the file when it is not valid JSON."""
-    try:
-        return json.loads(path.read_text(encoding="utf-8-sig"))
-    except FileNotFoundError:
-        raise DatasetError(f"{kind} file not found", path) from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise DatasetError(f"not a valid {kind} JSON file ({error})", path) from None
-
-
-def find_image(file_name: str, json_path: Path, images: str | Path | None, extra: tuple[str, ...] = ()) -> Path:
-    """The image a JSON file refers to: in ``images`` (when given), else beside the JSON file."""
-    folders = [] if images is None else [Path(images) if Path(images).is_absolute() or Path(images).exists() else json_path.parent / images]
-    folders.append(json_path.parent)
-    names = [file_name, Path(file_name).name, *extra]
-    for folder in folders:
-        for name in names:
-            if name and (folder / name).is_file():
-                return folder / name
-    for name in extra:
-        if name and Path(name).is_absolute() and Path(name).is_file():
-            return Path(name)
-    where = " or ".join(str(folder) for folder in folders)
-    raise DatasetError(f"image '{file_name}' listed in the annotation file was not found in {where} (pass --images FOLDER)", json_path)
+    return detect_json(Path(path), looks_like_via)
 
 
 def image_size(path: Path) -> tuple[int, int]:
@@ -261,13 +220,7 @@ def read(path: str | Path, images: str | Path | None = None) -> Dataset:
     ``images``: folder of the images, when they are not beside the JSON file.
     Every image listed in the file is a sample; one without regions has no cells.
     """
-    json_path = Path(path)
-    if json_path.is_dir():
-        candidates = _via_files(json_path)
-        if len(candidates) != 1:
-            found = ", ".join(p.name for p in candidates) or "none"
-            raise DatasetError(f"expected exactly one VIA JSON file in the folder (found: {found}); pass the file itself", json_path)
-        json_path = candidates[0]
+    json_path = resolve_json(path, looks_like_via, "VIA")
     project = load_json(json_path, "VIA")
     if not isinstance(project, dict):
         raise DatasetError("not a VIA JSON file (expected an object at the top level)", json_path)

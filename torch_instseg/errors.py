@@ -1,9 +1,8 @@
-"""The one exception type of torch_instseg."""
+"""The exception type of torch_instseg."""
 from __future__ import annotations
 
+from data.errors import MscsegError
 
-class InstsegError(Exception):
-    """Bad input or settings for the instance study (names the file and the problem).
 
-    Console scripts catch it, print one line and exit with status 2.
-    """
+class InstsegError(MscsegError):
+    """Bad input or settings for the instance study (names the file and the problem)."""

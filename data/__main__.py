@@ -15,44 +15,23 @@ import argparse
 import shutil
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
+from .cli import add_dataset_arguments, make_parser, open_dataset, run_cli
 from .dataset import Dataset, load_entry
 from .errors import DatasetError
 from .imageio import IMAGE_SUFFIXES, read_array, write_labels, write_png
 from .outputs import check_can_write, staged_folders, write_csv
-from .readers import available_formats, read_dataset
 from .split import make_split, read_split, write_split
 
-READER_OPTIONS = {
-    "images": ("--images", "folder of the images (via, coco) or name of the image sub-folder (folders)"),
-    "masks": ("--masks", "name of the mask sub-folder (folders)"),
-    "image_name": ("--image-name", "image file name in each sample folder (per_sample), e.g. raw.tif"),
-    "mask_name": ("--mask-name", "mask file or folder name in each sample folder (per_sample), e.g. instances_ids.png"),
-    "sequences": ("--sequences", "CTC sequences to read, e.g. 01,02 (ctc; default: all with annotations)"),
-    "truth": ("--truth", "CTC annotation folder (ctc; default GT)"),
-    "category": ("--category", "keep only this COCO category, by name or id (coco)"),
-    "crowd": ("--crowd", "COCO iscrowd annotations (coco; default instance: one region each)"),
-}
-
-OPTION_CHOICES = {"truth": ("GT", "ST"), "crowd": ("instance", "skip", "error")}
-
-
-def _add_reader_options(parser: argparse.ArgumentParser, default: Any) -> None:
-    group = parser.add_argument_group("dataset reading")
-    group.add_argument("--format", choices=available_formats(), default=default, help="dataset format (default: detected)")
-    for dest, (flag, help_text) in READER_OPTIONS.items():
-        group.add_argument(flag, dest=dest, default=default, choices=OPTION_CHOICES.get(dest), help=help_text)
-
-
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m data",
+    parser = make_parser(
+        "mscseg-data",
         description="Make the synthetic set, convert a dataset to folder pairs, make a train/validation split, print a summary.",
     )
-    _add_reader_options(parser, None)
+    add_dataset_arguments(parser, data=None)
     commands = parser.add_subparsers(dest="command", required=True, metavar="{synth,convert,split,summary}")
 
     synth = commands.add_parser("synth", help="write the synthetic dataset as folder pairs")
@@ -68,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("source", type=Path)
     convert.add_argument("--out", required=True, type=Path)
     convert.add_argument("--overwrite", action="store_true", help="replace images/ and masks/ if they exist")
-    _add_reader_options(convert, argparse.SUPPRESS)
+    add_dataset_arguments(convert, data=None, default=argparse.SUPPRESS)
 
     split = commands.add_parser("split", help="write a deterministic train/validation split (JSON); an existing one is reused")
     split.add_argument("dataset", type=Path)
@@ -76,20 +55,14 @@ def build_parser() -> argparse.ArgumentParser:
     split.add_argument("--seed", type=int, default=0)
     split.add_argument("--val-fraction", type=float, default=0.2)
     split.add_argument("--overwrite", action="store_true", help="make a new split even if the file exists")
-    _add_reader_options(split, argparse.SUPPRESS)
+    add_dataset_arguments(split, data=None, default=argparse.SUPPRESS)
 
     summary = commands.add_parser("summary", help="print images, sizes, bit depths and cells per image")
     summary.add_argument("dataset", type=Path)
     summary.add_argument("--csv", type=Path, help="also write the per-image table here")
     summary.add_argument("--overwrite", action="store_true", help="replace an existing --csv file")
-    _add_reader_options(summary, argparse.SUPPRESS)
+    add_dataset_arguments(summary, data=None, default=argparse.SUPPRESS)
     return parser
-
-
-def open_dataset(path: Path, args: argparse.Namespace) -> Dataset:
-    """Read a dataset with the format and reader options given on the command line."""
-    options = {dest: getattr(args, dest) for dest in READER_OPTIONS if getattr(args, dest, None) is not None}
-    return read_dataset(path, format=args.format, **options)
 
 
 def _write_image_like_source(source: Path, folder: Path, name: str) -> None:
@@ -140,14 +113,14 @@ def _synth(args: argparse.Namespace) -> int:
 
 def _convert(args: argparse.Namespace) -> int:
     check_can_write(args.out, args.overwrite)
-    dataset = open_dataset(args.source, args)
+    dataset = open_dataset(args, args.source)
     convert(dataset, args.out, args.overwrite)
     print(f"converted {len(dataset)} samples ({dataset.format}) to {args.out}/images and {args.out}/masks")
     return 0
 
 
 def _split(args: argparse.Namespace) -> int:
-    dataset = open_dataset(args.dataset, args)
+    dataset = open_dataset(args, args.dataset)
     if args.out.exists() and not args.overwrite:
         split = read_split(args.out, dataset.names)
         asked = {"seed": args.seed, "val_fraction": args.val_fraction}
@@ -172,7 +145,7 @@ def _summary(args: argparse.Namespace) -> int:
 
     if args.csv is not None:
         check_can_write(args.csv, args.overwrite)
-    dataset = open_dataset(args.dataset, args)
+    dataset = open_dataset(args, args.dataset)
     frame = summarize(dataset)
     print(f"dataset: {dataset.root} (format {dataset.format})")
     print(summary_text(frame))
@@ -184,17 +157,13 @@ def _summary(args: argparse.Namespace) -> int:
 COMMANDS = {"synth": _synth, "convert": _convert, "split": _split, "summary": _summary}
 
 
-def main(argv: list[str] | None = None) -> int:
+def _main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        return COMMANDS[args.command](args)
-    except DatasetError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    except OSError as error:
-        where = f"{error.filename}: " if error.filename else ""
-        print(f"error: {where}{error.strerror or error}", file=sys.stderr)
-        return 2
+    return COMMANDS[args.command](args)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_cli(_main, argv)
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
@@ -46,6 +47,61 @@ def check_can_write(path: str | Path, overwrite: bool = False) -> Path:
     if exists and not overwrite:
         raise OutputExistsError("output already exists; pass --overwrite to replace it (nothing was written)", path)
     return path
+
+
+def check_output_folder(path: str | Path) -> Path:
+    """Raise ``DatasetError`` when ``path`` (or its first existing parent) is a file or is not writable."""
+    path = Path(path)
+    for candidate in (path, *path.parents):
+        if candidate.exists() or candidate.is_symlink():
+            if not candidate.is_dir():
+                what = "output folder" if candidate == path else "a parent of the output folder"
+                raise DatasetError(f"{what} is a file, not a folder (nothing was written)", candidate)
+            if not os.access(candidate, os.W_OK | os.X_OK):
+                raise DatasetError("output folder is not writable (nothing was written)", candidate)
+            break
+    return path
+
+
+@contextmanager
+def staged_outputs(out_dir: str | Path) -> Iterator[Path]:
+    """Write a set of outputs into a hidden folder inside ``out_dir``, then move them into place together.
+
+    Each file is written into the yielded folder under its final name (sub-folders
+    allowed). When the block succeeds, each one replaces ``out_dir/<name>``; when it
+    fails, nothing in ``out_dir`` changes and no staging file is left behind (a new
+    ``out_dir`` is removed again).
+    """
+    out_dir = check_output_folder(out_dir)
+    created = next((p for p in reversed((out_dir, *out_dir.parents)) if not p.exists()), None)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=".staging-", dir=out_dir))
+    try:
+        yield stage
+        files = sorted(p for p in stage.rglob("*") if p.is_file() and not p.name.endswith(".partial"))
+        targets = [out_dir / p.relative_to(stage) for p in files]
+        for target in targets:
+            if target.is_dir():
+                raise DatasetError("output is a folder in the way of a file (nothing was written)", target)
+        for source, target in zip(files, targets):
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(source, target)
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        if created is not None:
+            _remove_empty(out_dir, created)
+        raise
+    shutil.rmtree(stage, ignore_errors=True)
+
+
+def _remove_empty(folder: Path, top: Path) -> None:
+    """Remove ``folder`` and its parents up to ``top`` while they are empty."""
+    for candidate in (folder, *folder.parents):
+        if not candidate.is_dir() or any(candidate.iterdir()):
+            return
+        candidate.rmdir()
+        if candidate == top:
+            return
 
 
 @contextmanager

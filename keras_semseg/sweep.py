@@ -39,7 +39,8 @@ import pandas as pd
 
 from data.errors import DatasetError
 from data.imageio import read_array, mask_to_labels
-from data.outputs import check_can_write, write_csv
+from data.cli import make_parser, run_cli
+from data.outputs import check_can_write, check_output_folder, staged_outputs, write_csv
 
 from .errors import SemsegError
 
@@ -355,9 +356,7 @@ def run_sweep(
     are added, or replaced when ``overwrite`` (an error otherwise). Everything is
     validated before anything is written. Returns the four (combined) tables by name.
     """
-    out_dir = Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise SemsegError(f"{out_dir}: output path exists and is not a folder")
+    out_dir = check_output_folder(out_dir)
     new_rows = sweep_model(probs_dir, masks_dir, model, images=images)
     per_image_path = out_dir / "per_image.csv"
     if per_image_path.is_file():
@@ -376,16 +375,17 @@ def run_sweep(
         combined = new_rows
     summary, optimal, table1 = summarize(combined)
     tables = {"per_image": combined, "summary": summary, "optimal": optimal, "table1": table1}
-    for name in OUTPUT_NAMES:
-        write_csv(out_dir / f"{name}.csv", _formatted(tables[name]))
+    with staged_outputs(out_dir) as stage:
+        for name in OUTPUT_NAMES:
+            write_csv(stage / f"{name}.csv", _formatted(tables[name]))
     return tables
 
 
 # ---------------------------------------------------------------- command line
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m keras_semseg.sweep",
+    parser = make_parser(
+        "semseg-sweep",
         description="Threshold sweep (0.00..1.00, step 0.01) of one model's probability maps: "
         "Dice, Jaccard and pixel accuracy per image, mean +- sd, optimal thresholds and Table 1.",
         epilog="Combining models: run once per model with the same --out. Rows of other models in "
@@ -403,13 +403,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
+def _main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        tables = run_sweep(args.probs, args.masks, args.model, args.out, overwrite=args.overwrite)
-    except (SemsegError, DatasetError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    tables = run_sweep(args.probs, args.masks, args.model, args.out, overwrite=args.overwrite)
     row = tables["table1"].set_index("model").loc[args.model]
     n_images = tables["per_image"].loc[tables["per_image"]["model"] == args.model, "image"].nunique()
     print(
@@ -418,6 +414,10 @@ def main(argv: list[str] | None = None) -> int:
         f"PA {row['pixel_accuracy_mean']:.3f} +- {row['pixel_accuracy_std']:.3f}; wrote {args.out}"
     )
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_cli(_main, argv)
 
 
 if __name__ == "__main__":

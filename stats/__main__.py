@@ -8,8 +8,10 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import Sequence
 
-from data.errors import DatasetError
+from data.cli import make_parser, run_cli
+from data.outputs import check_can_write, check_output_folder, staged_outputs
 
 from .errors import StatsError
 from .posthoc import POSTHOC_TESTS
@@ -17,18 +19,9 @@ from .posthoc import POSTHOC_TESTS
 FIGURE_STEM = "fig3"
 
 
-class _UsageError(Exception):
-    pass
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line instead of usage + message
-        raise _UsageError(message)
-
-
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
-        prog="python -m stats",
+    parser = make_parser(
+        "mscseg-stats",
         description="Friedman, Shapiro-Wilk, Levene and post hoc tests (Dunn-Bonferroni as in the paper; "
         "paired Conover-Friedman and Wilcoxon-Holm) on per-image scores of several models, and Figure 3.",
     )
@@ -51,64 +44,68 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _default_metrics(frame) -> list[str]:
+    """Every column but model/method/image/threshold that holds numbers (a mixed column is a metric with bad cells)."""
     import pandas as pd
 
     skip = {"model", "method", "image", "threshold"}
-    metrics = [str(c) for c in frame.columns
-               if c not in skip and pd.api.types.is_numeric_dtype(frame[c]) and not pd.api.types.is_bool_dtype(frame[c])]
+    metrics = []
+    for column in frame.columns:
+        values = frame[column]
+        if column in skip or pd.api.types.is_bool_dtype(values):
+            continue
+        if pd.api.types.is_numeric_dtype(values) or pd.to_numeric(values, errors="coerce").notna().any():
+            metrics.append(str(column))
     if not metrics:
         raise StatsError("no numeric metric columns found; name them with --metrics")
     return metrics
 
 
 def run(args: argparse.Namespace) -> list[str]:
-    """Analyse and draw; returns the lines to print."""
-    from data.outputs import check_can_write
-
-    from .analysis import analyse
-    from .inputs import prepare, read_table
+    """Check every input and output, analyse and draw into a staging folder, then move all into --out."""
+    from .analysis import analyse, output_files
+    from .inputs import coerce_metrics, prepare, read_table
     from .plots import figure3
 
     frame = read_table(args.per_image, "per-image table")
     metrics = args.metrics or _default_metrics(frame)
-    prepare(frame, metrics, at_optimal=args.at_optimal, dropna=args.dropna)
-    figure_stem = args.out / FIGURE_STEM
-    if not args.no_figure:
-        for suffix in (".png", ".pdf"):
-            check_can_write(figure_stem.with_name(figure_stem.name + suffix), args.overwrite)
-    result = analyse(frame, metrics, args.out, posthoc=args.posthoc, at_optimal=args.at_optimal,
-                     dropna=args.dropna, n_boot=args.n_boot, seed=args.seed, overwrite=args.overwrite)
+    frame, coerced = coerce_metrics(frame, metrics, args.dropna)
+    paired = prepare(frame, metrics, at_optimal=args.at_optimal, dropna=args.dropna)
+    out = check_output_folder(args.out)
+    figure_names = [] if args.no_figure else [f"{FIGURE_STEM}{suffix}" for suffix in (".png", ".pdf")]
+    for path in output_files(out, list(paired.tables)) + [out / name for name in figure_names]:
+        check_can_write(path, args.overwrite)
+    with staged_outputs(out) as stage:
+        result = analyse(frame, metrics, stage, posthoc=args.posthoc, at_optimal=args.at_optimal,
+                         dropna=args.dropna, n_boot=args.n_boot, seed=args.seed, overwrite=True, notes=coerced)
+        if not args.no_figure:
+            figure3(stage / "values.csv", stage, metrics, stage / FIGURE_STEM, test=args.posthoc,
+                    kind=args.plot, overwrite=True)
     notes = result["notes"]
     lines = [line for line in notes[notes.index("Data:") + 1:] if line and "paired images x" not in line]
     friedman = result["tests"][result["tests"]["test"] == "friedman"]
     for row in friedman.itertuples():
         lines.append(f"{row.metric}: Friedman chi2 = {row.statistic:.4g}, p = {row.p_value:.3g} ({row.n} paired images)")
-    if not args.no_figure:
-        paths = figure3(args.out / "values.csv", args.out, metrics, figure_stem, test=args.posthoc,
-                        kind=args.plot, overwrite=args.overwrite)
-        lines.append(f"figure 3 ({args.posthoc}): {', '.join(str(p) for p in paths)}")
-    lines.append(f"wrote {len(result['files'])} files to {args.out}")
+    if figure_names:
+        lines.append(f"figure 3 ({args.posthoc}): {', '.join(str(out / name) for name in figure_names)}")
+    lines.append(f"wrote {len(result['files']) + len(figure_names)} files to {out}")
     return lines
 
 
-def main(argv: list[str] | None = None) -> int:
-    try:
-        args = build_parser().parse_args(argv)
-    except _UsageError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+def _main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     try:
         lines = run(args)
     except StatsError as error:
-        path = error.path or str(args.per_image)
-        print(f"error: {path}: {error.problem}", file=sys.stderr)
-        return 2
-    except DatasetError as error:
-        print(f"error: {error.path or args.out}: {error.problem}", file=sys.stderr)
-        return 2
+        if error.path is None:
+            raise StatsError(error.problem, args.per_image) from None
+        raise
     for line in lines:
         print(line)
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_cli(_main, argv)
 
 
 if __name__ == "__main__":

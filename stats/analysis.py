@@ -74,6 +74,7 @@ def analyse(
     n_boot: int = 2000,
     seed: int = 0,
     overwrite: bool = False,
+    notes: list[str] | None = None,
 ) -> dict:
     """Omnibus tests, post hoc matrices and bootstrap differences per metric.
 
@@ -83,7 +84,7 @@ def analyse(
     all three are always computed. Returns a dict: ``tests``, ``summary``, ``values``
     (DataFrames), ``posthoc`` ({test: {metric: square DataFrame}}), ``differences``
     ({metric: DataFrame}), ``notes`` (list of lines), ``figure_test``, ``files`` (written
-    paths, empty without ``out_dir``). Raises ``StatsError`` on bad input before writing.
+    paths, empty without ``out_dir``); ``notes`` are extra lines for the Data section. Raises ``StatsError`` on bad input before writing.
     """
     if posthoc not in POSTHOC_TESTS:
         raise StatsError(f"unknown post hoc test '{posthoc}'; choose one of: {', '.join(POSTHOC_TESTS)}")
@@ -100,7 +101,7 @@ def analyse(
 
     tests, summaries, differences = [], [], {}
     matrices: dict[str, dict[str, pd.DataFrame]] = {test: {} for test in POSTHOC_TESTS}
-    notes = _header(posthoc, n_boot, seed) + ["", "Data:"] + paired.notes
+    notes = _header(posthoc, n_boot, seed) + ["", "Data:"] + list(notes or []) + paired.notes
     findings: list[str] = []
     for metric, wide in paired.tables.items():
         table = omnibus(wide, metric)

@@ -82,6 +82,31 @@ def check_metrics(frame: pd.DataFrame, metrics: list[str]) -> list[str]:
     return metrics
 
 
+def coerce_metrics(frame: pd.DataFrame, metrics: list[str], dropna: bool = False) -> tuple[pd.DataFrame, list[str]]:
+    """Metric columns as numbers: a text cell is an error naming its column and CSV line, or with
+    ``dropna`` a missing value (which ``prepare`` then drops and reports). Returns (frame, notes).
+    """
+    notes: list[str] = []
+    frame = frame.copy()
+    for metric in metrics:
+        if metric not in frame.columns or pd.api.types.is_numeric_dtype(frame[metric]):
+            continue
+        column = frame[metric]
+        numbers = pd.to_numeric(column, errors="coerce")
+        bad = column[numbers.isna() & column.notna()]
+        if bad.empty:
+            continue
+        lines = [int(position) + 2 for position in np.flatnonzero((numbers.isna() & column.notna()).to_numpy())]
+        if not dropna:
+            raise StatsError(
+                f"column '{metric}', line {lines[0]}: {bad.iloc[0]!r} is not numeric"
+                f"{f' ({len(lines)} such cells)' if len(lines) > 1 else ''}; fix the table or pass --dropna to drop those rows"
+            )
+        notes.append(f"{metric}: {len(lines)} non-numeric cell(s) read as missing at CSV line(s) {_shown(lines)}")
+        frame[metric] = numbers
+    return frame, notes
+
+
 def _optimal_table(at_optimal: pd.DataFrame | str | Path) -> tuple[pd.DataFrame, str | None]:
     if isinstance(at_optimal, (str, Path)):
         return read_table(at_optimal, "optimal-threshold table"), str(at_optimal)

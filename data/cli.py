@@ -55,15 +55,18 @@ def one_line(error: BaseException, limit: int | None = None) -> str:
     return text
 
 
-def run_cli(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[str] | None = None) -> int:
-    """Call ``main(argv)``; return its status, or print one line and return 2 (bad input) or 130 (Ctrl-C)."""
+def run_cli(
+    main: Callable[[Sequence[str] | None], int | None], argv: Sequence[str] | None = None, resume_hint: str = ""
+) -> int:
+    """Call ``main(argv)``; return its status, or print one line and return 2 (bad input) or 130 (Ctrl-C,
+    with ``resume_hint`` after "interrupted")."""
     try:
         return int(main(argv) or 0)
     except (MscsegError, OSError) as error:
         print(f"error: {one_line(error)}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        print(f"interrupted{'; ' + resume_hint if resume_hint else ''}", file=sys.stderr)
         return EXIT_INTERRUPTED
 
 

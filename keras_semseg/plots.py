@@ -11,7 +11,6 @@ or calling it never touches pyplot or the global backend.
 """
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 from pathlib import Path
@@ -20,7 +19,7 @@ from typing import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from data.errors import DatasetError
+from data.cli import make_parser, run_cli
 from data.outputs import check_can_write, partial_path
 
 from .errors import SemsegError
@@ -198,9 +197,9 @@ def _named_paths(items: Sequence[str]) -> dict[str, Path]:
     return named
 
 
-def main(argv: list[str] | None = None) -> int:
+def _main(argv: Sequence[str] | None = None) -> int:
     """Remake Figure 1 or 2 from CSVs: ``python -m keras_semseg.plots figure2 --summary S --optimal O --out STEM``."""
-    parser = argparse.ArgumentParser(prog="python -m keras_semseg.plots", description=main.__doc__)
+    parser = make_parser("python -m keras_semseg.plots", description=_main.__doc__)
     commands = parser.add_subparsers(dest="figure", required=True)
     one = commands.add_parser("figure1", help="training curves from history.csv files")
     one.add_argument("--history", nargs="+", required=True, metavar="MODEL=CSV")
@@ -211,16 +210,16 @@ def main(argv: list[str] | None = None) -> int:
         sub.add_argument("--out", required=True, type=Path, help="output stem: writes <stem>.png and <stem>.pdf")
         sub.add_argument("--overwrite", action="store_true")
     args = parser.parse_args(argv)
-    try:
-        if args.figure == "figure1":
-            written = figure1(_named_paths(args.history), args.out, overwrite=args.overwrite)
-        else:
-            written = figure2(args.summary, args.optimal, args.out, overwrite=args.overwrite)
-    except (SemsegError, DatasetError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    if args.figure == "figure1":
+        written = figure1(_named_paths(args.history), args.out, overwrite=args.overwrite)
+    else:
+        written = figure2(args.summary, args.optimal, args.out, overwrite=args.overwrite)
     print("wrote " + ", ".join(str(p) for p in written))
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_cli(_main, argv)
 
 
 if __name__ == "__main__":

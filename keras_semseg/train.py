@@ -23,7 +23,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from data import Dataset, DatasetError
+from data import Dataset
+from data.cli import add_dataset_arguments, make_parser, open_dataset, run_cli
 from data.outputs import write_csv, write_json
 
 from .errors import SemsegError
@@ -299,6 +300,10 @@ def train_model(
     training with ``SemsegError`` naming the epoch; the last good checkpoint stays.
     """
     entry = get_entry(model_name)
+    try:
+        import tensorflow as tf
+    except ImportError:
+        raise SemsegError(TENSORFLOW_HINT) from None
     image_size = check_image_size(image_size)
     if int(epochs) != epochs or epochs < 1:
         raise SemsegError(f"epochs must be a positive integer, got {epochs}")
@@ -321,10 +326,6 @@ def train_model(
     from .weights import keras_application_weights
 
     weights_path = keras_application_weights(entry.encoder, encoder_weights) if epochs_done == 0 else None
-    try:
-        import tensorflow as tf
-    except ImportError:
-        raise SemsegError(TENSORFLOW_HINT) from None
     from .pipeline import evaluation_dataset, source_dataset, training_dataset
 
     tf.keras.utils.set_random_seed(int(seed))
@@ -408,11 +409,8 @@ def train_model(
 def _parser() -> argparse.ArgumentParser:
     from .registry import available_models
 
-    parser = argparse.ArgumentParser(prog="semseg-train", description=__doc__.splitlines()[0])
-    parser.add_argument("--data", required=True, help="dataset folder or file (any format data.read_dataset reads)")
-    parser.add_argument("--format", default=None, help="dataset format (detected when omitted)")
-    parser.add_argument("--image-name", default=None, help="per_sample format: image file name inside each sample folder")
-    parser.add_argument("--mask-name", default=None, help="per_sample format: label file name inside each sample folder")
+    parser = make_parser("semseg-train", description=__doc__.splitlines()[0])
+    add_dataset_arguments(parser)
     parser.add_argument("--split", required=True, help="split JSON; made (80:20, --seed) if it does not exist")
     parser.add_argument("--model", required=True, help=f"one of: {', '.join(available_models())}")
     parser.add_argument("--out", required=True, help="output folder of this training run")
@@ -429,31 +427,26 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
+def _main(argv: Sequence[str] | None = None) -> int:
+    from data.split import load_or_make_split
+
     args = _parser().parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    try:
-        from data import read_dataset
-        from data.split import load_or_make_split
-
-        options = {key: value for key, value in (("image_name", args.image_name), ("mask_name", args.mask_name)) if value}
-        dataset = read_dataset(args.data, args.format, **options)
-        split = load_or_make_split(args.split, dataset.names, seed=args.seed, source=str(args.data))
-        result = train_model(
-            args.model, dataset, split, args.out, image_size=args.image_size, epochs=args.epochs,
-            batch_size=args.batch_size, encoder_weights=args.encoder_weights, augment=not args.no_augment,
-            resume=args.resume, overwrite=args.overwrite, quiet=args.quiet, mixed_precision=args.mixed_precision,
-            seed=args.seed, split_path=args.split,
-        )
-    except (SemsegError, DatasetError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("error: interrupted; continue with --resume", file=sys.stderr)
-        return 130
+    dataset = open_dataset(args)
+    split = load_or_make_split(args.split, dataset.names, seed=args.seed, source=str(args.data))
+    result = train_model(
+        args.model, dataset, split, args.out, image_size=args.image_size, epochs=args.epochs,
+        batch_size=args.batch_size, encoder_weights=args.encoder_weights, augment=not args.no_augment,
+        resume=args.resume, overwrite=args.overwrite, quiet=args.quiet, mixed_precision=args.mixed_precision,
+        seed=args.seed, split_path=args.split,
+    )
     print(f"{args.model}: best epoch {result.get('best_epoch')} (val_loss {result.get('best_val_loss'):.4f}), "
           f"{result.get('wall_time_s')} s -> {args.out}")
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_cli(_main, argv, resume_hint="continue with --resume")
 
 
 if __name__ == "__main__":

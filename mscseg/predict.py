@@ -50,6 +50,8 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
+from data.cli import make_parser, run_cli
+
 from .errors import RunError
 
 CELL_COLUMNS = ["image", "cell", "area_px", "perimeter_px", "major_axis_px", "minor_axis_px", "elongation",
@@ -427,8 +429,8 @@ def predict_folder(
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="mscseg-predict",
+    parser = make_parser(
+        "mscseg-predict",
         description="Segment new micrographs with a trained semantic (Keras) or Mask R-CNN (torch) run: masks, "
         "instance labels, overlays, per-cell shape CSVs and a counts/confluence CSV.",
         epilog="Semantic runs use the Dice-optimal threshold of ../sweep/table1.csv when it exists (else 0.5); "
@@ -451,21 +453,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
+def _main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from .run import _bad_input_errors
-
-    bad_input = _bad_input_errors()
-    try:
-        table = predict_folder(args.model, args.images, args.out, threshold=args.threshold, scale=args.scale, tile=args.tile,
-                               overlap=args.overlap, min_area=args.min_area, which=args.which, device=args.device,
-                               recursive=args.recursive, overwrite=args.overwrite, quiet=False)
-    except bad_input as error:
-        print(f"error: {' '.join(str(error).split())}", file=sys.stderr)
-        return 2
+    table = predict_folder(args.model, args.images, args.out, threshold=args.threshold, scale=args.scale, tile=args.tile,
+                           overlap=args.overlap, min_area=args.min_area, which=args.which, device=args.device,
+                           recursive=args.recursive, overwrite=args.overwrite, quiet=False)
     print(table[["image", "cell_count", "confluence"]].to_string(index=False))
     print(f"outputs in {args.out}")
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_cli(_main, argv)
 
 
 if __name__ == "__main__":

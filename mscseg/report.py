@@ -6,16 +6,17 @@ missing. ``python -m mscseg.report RESULTS_DIR`` remakes it without rerunning an
 """
 from __future__ import annotations
 
-import argparse
 import base64
 import datetime as _dt
 import html
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import pandas as pd
+
+from data.cli import make_parser, run_cli
 
 from .errors import RunError
 
@@ -413,18 +414,18 @@ def write_report(root: str | Path, out: str | Path | None = None) -> Path:
     return atomic_write_text(path, render_report(root))
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m mscseg.report", description="Remake report.html of a results folder from its files.")
+def _main(argv: Sequence[str] | None = None) -> int:
+    parser = make_parser("python -m mscseg.report", description="Remake report.html of a results folder from its files.")
     parser.add_argument("results", type=Path, help="results folder (holds config.json)")
     parser.add_argument("--out", type=Path, help="where to write (default RESULTS/report.html)")
     args = parser.parse_args(argv)
-    try:
-        path = write_report(args.results, args.out)
-    except RunError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    path = write_report(args.results, args.out)
     print(path)
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_cli(_main, argv)
 
 
 if __name__ == "__main__":

@@ -50,24 +50,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence, TextIO
 
+from data.cli import make_parser, run_cli
+from data.errors import MscsegError
+
 from .config import Settings, check_inputs, load_config
 from .errors import RunError
-
-def _bad_input_errors() -> tuple[type[BaseException], ...]:
-    """The packages' own error types (bad input, exit 2); every other exception is a crash (exit 1)."""
-    found: list[type[BaseException]] = [RunError]
-    for module, name in (
-        ("data.errors", "DatasetError"),
-        ("keras_semseg.errors", "SemsegError"),
-        ("torch_instseg.errors", "InstsegError"),
-        ("stats.errors", "StatsError"),
-    ):
-        try:
-            found.append(getattr(importlib.import_module(module), name))
-        except (ImportError, AttributeError):
-            continue
-    return tuple(found)
-
 
 # ---------------------------------------------------------------- results layout
 
@@ -646,7 +633,7 @@ def check_weights(settings: Settings, running: set[str]) -> None:
 def _with_hint(check: Callable[[], Any], hint: str) -> None:
     try:
         check()
-    except _bad_input_errors() as error:
+    except MscsegError as error:
         raise RunError(f"{' '.join(str(error).split())} ({hint})") from None
 
 
@@ -686,8 +673,8 @@ def write_config_json(settings: Settings, layout: Layout, argv: Sequence[str], s
 # ---------------------------------------------------------------- command line
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="mscseg-run",
+    parser = make_parser(
+        "mscseg-run",
         description="Reproduce both studies end to end: data, split, semantic training/sweep/statistics/figures, "
         "instance training/SAM/evaluation/statistics/figures, report.html. Without --config: the 'small' preset "
         "(synthetic data, CPU, random weights).",
@@ -734,30 +721,29 @@ def print_list(entries: list[Planned], layout: Layout, out: TextIO) -> None:
         print(f"  {entry.step.name:<{width}}  {entry.state:<11} {will}{note}{when}", file=out)
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_cli(_main, argv)
+
+
+def _main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     console = sys.stdout
     caller_cwd = os.environ.get("MSCSEG_CALLER_CWD")
     if caller_cwd and Path(caller_cwd).is_dir():
         os.chdir(caller_cwd)
-    bad_input = _bad_input_errors()
-    try:
-        settings = load_config(args.config)
-        layout = Layout(Path(args.out) if args.out else Path("results") / settings.name)
-        steps = build_steps(settings)
-        selected, forced = _select(steps, args.from_step, args.only)
-        entries = plan(steps, settings, layout, selected, forced, args.overwrite)
-        if args.list:
-            print_list(entries, layout, console)
-            return 0
-        if any(e.action == "conflict" for e in entries):
-            raise RunError(conflicts_message(entries, layout))
-        check_inputs(settings)
-        check_weights(settings, {e.step.name for e in entries if e.action == "run"})
-    except bad_input as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    settings = load_config(args.config)
+    layout = Layout(Path(args.out) if args.out else Path("results") / settings.name)
+    steps = build_steps(settings)
+    selected, forced = _select(steps, args.from_step, args.only)
+    entries = plan(steps, settings, layout, selected, forced, args.overwrite)
+    if args.list:
+        print_list(entries, layout, console)
+        return 0
+    if any(e.action == "conflict" for e in entries):
+        raise RunError(conflicts_message(entries, layout))
+    check_inputs(settings)
+    check_weights(settings, {e.step.name for e in entries if e.action == "run"})
     layout.root.mkdir(parents=True, exist_ok=True)
     write_config_json(settings, layout, argv, [step.name for step in steps])
     print(f"mscseg: config {settings.source} -> {layout.root}", file=console)
@@ -780,7 +766,7 @@ def main(argv: list[str] | None = None) -> int:
         except KeyboardInterrupt:
             print(f"{label} interrupted; run the same command again to resume (log: {log_name})", file=console, flush=True)
             return 130
-        except bad_input as error:
+        except MscsegError as error:
             print(f"{label} failed: {_one_line(error)}", file=console, flush=True)
             print(f"error: step {entry.step.name} failed: {_one_line(error)} (log: {log_name})", file=sys.stderr)
             return 2

@@ -59,8 +59,8 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from data.errors import DatasetError
-from data.outputs import check_can_write, write_csv, write_json
+from data.cli import make_parser, run_cli
+from data.outputs import check_can_write, check_output_folder, staged_outputs, write_csv, write_json
 
 from .coco import IN_MEMORY_GT, GroundTruth, Instance, counts_to_pixels, index_ground_truth, index_results, results_meta
 from .errors import InstsegError
@@ -436,16 +436,17 @@ def run_evaluation(
     overwrite: bool = False,
 ) -> dict:
     """Evaluate files and write ``out_dir/summary.json`` and ``out_dir/per_image.csv``."""
-    out_dir = Path(out_dir)
-    summary_path = check_can_write(out_dir / "summary.json", overwrite)
-    table_path = check_can_write(out_dir / "per_image.csv", overwrite)
+    out_dir = check_output_folder(out_dir)
+    check_can_write(out_dir / "summary.json", overwrite)
+    check_can_write(out_dir / "per_image.csv", overwrite)
     evaluation = evaluate_all(gt_path, pred_path, interpolation, max_dets)
     summary = dict(evaluation.summary)
     meta = results_meta(pred_path)
     if "score_source" in meta:
         summary["score_source"] = meta["score_source"]
-    write_csv(table_path, evaluation.per_image_frame())
-    write_json(summary_path, _nan_to_none(summary))
+    with staged_outputs(out_dir) as stage:
+        write_csv(stage / "per_image.csv", evaluation.per_image_frame())
+        write_json(stage / "summary.json", _nan_to_none(summary))
     return summary
 
 
@@ -505,8 +506,8 @@ def _max_dets_arg(text: str) -> int | None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="instseg-evaluate",
+    parser = make_parser(
+        "instseg-evaluate",
         description=(
             "Mask mAP@[.50:.95] of COCO results (RLE masks) against COCO ground truth, numpy only. "
             "--interpolation 11: the paper's 11-point interpolated AP; --interpolation 101: COCOeval's "
@@ -532,19 +533,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
+def _main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        summary = run_evaluation(args.gt, args.pred, args.out, args.interpolation, args.max_dets, args.overwrite)
-    except (InstsegError, DatasetError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    summary = run_evaluation(args.gt, args.pred, args.out, args.interpolation, args.max_dets, args.overwrite)
     cap = "no cap" if summary["max_dets"] is None else f"max {summary['max_dets']} detections/image"
     print(
         f"mAP {summary['mAP']:.4f}  AP50 {summary['AP50']:.4f}  AP75 {summary['AP75']:.4f}  "
         f"({summary['interpolation']}-point, {cap}, {summary['n_images']} images) -> {args.out}"
     )
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_cli(_main, argv)
 
 
 if __name__ == "__main__":

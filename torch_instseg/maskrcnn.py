@@ -28,7 +28,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from data.errors import DatasetError
+from data.cli import add_dataset_arguments, make_parser, open_dataset, run_cli
 from data.outputs import check_can_write, write_csv, write_json
 
 from .errors import InstsegError
@@ -785,27 +785,9 @@ def predict_to_coco(
 
 # ---------------------------------------------------------------- command line
 
-def _read_data(args):
-    from data import read_dataset
-
-    options = {}
-    if args.image_name:
-        options["image_name"] = args.image_name
-    if args.mask_name:
-        options["mask_name"] = args.mask_name
-    return read_dataset(args.data, format=args.format, **options)
-
-
-def add_data_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--data", required=True, help="dataset folder or file")
-    parser.add_argument("--format", default=None, help="dataset format (folders, via, ctc, coco, per_sample); detected when omitted")
-    parser.add_argument("--image-name", default=None, help="per_sample format: the image file name in each sample folder")
-    parser.add_argument("--mask-name", default=None, help="per_sample format: the label file name in each sample folder")
-
-
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="instseg-train", description="Fine-tune Mask R-CNN (ResNet-50-FPN v2) on cell instances.")
-    add_data_arguments(parser)
+    parser = make_parser("instseg-train", description="Fine-tune Mask R-CNN (ResNet-50-FPN v2) on cell instances.")
+    add_dataset_arguments(parser)
     parser.add_argument("--split", required=True, help="split JSON (made with seed --seed if it does not exist)")
     parser.add_argument("--out", required=True, help="run folder (run.json, history.csv, best.pt, last.pt)")
     parser.add_argument("--epochs", type=int, default=50)
@@ -826,12 +808,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
+def _main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         from data.split import load_or_make_split, read_split
 
-        dataset = _read_data(args)
+        dataset = open_dataset(args)
         world, rank, _ = _distributed()
         if world > 1 and not Path(args.split).is_file():
             raise InstsegError(f"{args.split}: split file missing; make it before a distributed run")
@@ -858,22 +840,19 @@ def main(argv: list[str] | None = None) -> int:
         if not args.quiet and rank == 0:
             print(f"{args.out}: {record['status']} after {record['epochs_done']} epochs; best epoch {record['best_epoch']} "
                   f"(loss {record['best_loss']}); {record['wall_time_s']:.0f} s")
-    except (InstsegError, DatasetError) as error:
-        print(f"error: {_one_line(error)}", file=sys.stderr)
-        return 2
     finally:
         _end_distributed()
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_cli(_main, argv, resume_hint="continue with --resume")
 
 
 def _end_distributed() -> None:
     torch = sys.modules.get("torch")
     if torch is not None and torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
-
-
-def _one_line(error: Exception) -> str:
-    return " ".join(str(error).split())
 
 
 if __name__ == "__main__":

@@ -22,7 +22,6 @@ torch and segment-anything are imported inside functions only.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from dataclasses import dataclass
@@ -31,7 +30,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from data.errors import DatasetError
+from data.cli import add_dataset_arguments, make_parser, open_dataset, run_cli
 from data.outputs import check_can_write
 
 from .errors import InstsegError
@@ -459,10 +458,8 @@ def run_sam(
 # ---------------------------------------------------------------- command line
 
 def build_parser() -> argparse.ArgumentParser:
-    from .maskrcnn import add_data_arguments
-
-    parser = argparse.ArgumentParser(prog="instseg-sam", description="Prompt SAM with the Mask R-CNN detections (box, box+point, box+mask).")
-    add_data_arguments(parser)
+    parser = make_parser("instseg-sam", description="Prompt SAM with the Mask R-CNN detections (box, box+point, box+mask).")
+    add_dataset_arguments(parser)
     parser.add_argument("--split", required=True, help="split JSON; its validation images are used")
     parser.add_argument("--maskrcnn", required=True, help="Mask R-CNN COCO results (maskrcnn.json)")
     parser.add_argument("--gt", default=None, help="ground-truth COCO JSON (default: gt.json beside --maskrcnn)")
@@ -478,31 +475,29 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
+def _main(argv: Sequence[str] | None = None) -> int:
+    from data.split import read_split
+
     args = build_parser().parse_args(argv)
-    try:
-        from data.split import read_split
-
-        from .maskrcnn import _read_data
-
-        dataset = _read_data(args)
-        split = read_split(args.split, dataset.names)
-        maskrcnn_json = Path(args.maskrcnn)
-        gt_path = Path(args.gt) if args.gt else maskrcnn_json.with_name("gt.json")
-        if not gt_path.is_file():
-            raise InstsegError(f"{gt_path}: ground truth not found; pass --gt")
-        paths = run_sam(
-            dataset, split["val"], maskrcnn_json, gt_path, Path(args.out) if args.out else maskrcnn_json.parent,
-            variant=args.variant, checkpoint=args.sam_checkpoint, modes=[m.strip() for m in args.modes.split(",") if m.strip()],
-            score=args.score, device=args.device, overwrite=args.overwrite, batch_size=args.batch_size, quiet=args.quiet,
-        )
-        if not args.quiet:
-            for mode, path in paths.items():
-                print(f"{mode}: {path}")
-    except (InstsegError, DatasetError) as error:
-        print(f"error: {' '.join(str(error).split())}", file=sys.stderr)
-        return 2
+    dataset = open_dataset(args)
+    split = read_split(args.split, dataset.names)
+    maskrcnn_json = Path(args.maskrcnn)
+    gt_path = Path(args.gt) if args.gt else maskrcnn_json.with_name("gt.json")
+    if not gt_path.is_file():
+        raise InstsegError("ground truth not found; pass --gt", gt_path)
+    paths = run_sam(
+        dataset, split["val"], maskrcnn_json, gt_path, Path(args.out) if args.out else maskrcnn_json.parent,
+        variant=args.variant, checkpoint=args.sam_checkpoint, modes=[m.strip() for m in args.modes.split(",") if m.strip()],
+        score=args.score, device=args.device, overwrite=args.overwrite, batch_size=args.batch_size, quiet=args.quiet,
+    )
+    if not args.quiet:
+        for mode, path in paths.items():
+            print(f"{mode}: {path}")
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_cli(_main, argv)
 
 
 if __name__ == "__main__":

@@ -30,7 +30,7 @@ quarter of the tile):
 Outputs (in ``--out``)::
 
     masks/<name>.png     binary cell mask, 0/255
-    labels/<name>.png    16-bit instance labels (0 = background)
+    labels/<name>.png    16-bit instance labels (0 = background); labels/<name>.tif (32-bit) above 65535 cells
     overlays/<name>.png  the micrograph with each cell's outline
     cells/<name>.csv     one row per cell: area_px, perimeter_px, major/minor axis, elongation, centroid (score)
     counts.csv           one row per image: cell_count, confluence (cell area fraction), mean cell area
@@ -346,14 +346,19 @@ def predict_folder(
     overwrite: bool = False,
     quiet: bool = True,
 ) -> pd.DataFrame:
-    """Predict every image, write the outputs listed in the module docstring; returns counts.csv's table."""
-    from data.imageio import image_info, read_image, write_labels, write_png
-    from data.outputs import check_can_write, write_csv, write_json
+    """Predict every image, write the outputs listed in the module docstring; returns counts.csv's table.
 
-    out_dir = Path(out_dir)
+    Every image is read once before the model is loaded, and the outputs are written into
+    a staging folder and moved into ``out_dir`` together, so a bad input or a failure
+    leaves ``out_dir`` as it was.
+    """
+    from data.imageio import read_image
+    from data.outputs import check_can_write, check_output_folder, staged_outputs, write_json
+
+    out_dir = check_output_folder(out_dir)
     named = find_images(images, recursive)
-    for name, path in named.items():
-        image_info(path)
+    for path in named.values():
+        read_image(path)
     if threshold is not None and not 0.0 <= threshold <= 1.0:
         raise RunError(f"--threshold must be between 0 and 1, got {threshold}")
     if min_area < 0:
@@ -361,7 +366,7 @@ def predict_folder(
     planned = [out_dir / "counts.csv", out_dir / "predict.json"]
     for name in named:
         planned += [out_dir / sub / f"{name}{ext}" for sub, ext in
-                    (("masks", ".png"), ("labels", ".png"), ("overlays", ".png"), ("cells", ".csv"))]
+                    (("masks", ".png"), ("labels", ".png"), ("labels", ".tif"), ("overlays", ".png"), ("cells", ".csv"))]
     for path in planned:
         check_can_write(path, overwrite)
     loaded = load_model(run_dir, which, device)
@@ -378,6 +383,28 @@ def predict_folder(
     overlap_px = int(overlap) if overlap is not None else tile_size // 4
     if not 0 <= overlap_px < tile_size:
         raise RunError(f"--overlap must be between 0 and the tile size ({tile_size}), got {overlap_px}")
+
+    with staged_outputs(out_dir) as stage:
+        table = _predict_into(stage, loaded, named, threshold, scale, tile_size, overlap_px, min_area, device, quiet)
+        from .run import library_versions
+
+        write_json(stage / "predict.json", {
+            "model_dir": str(Path(run_dir).resolve()), "kind": loaded.kind, "model": loaded.name, "weights": which,
+            "threshold": threshold, "threshold_source": threshold_source,
+            "threshold_meaning": "probability > threshold" if loaded.kind == "semantic" else "instance score >= threshold",
+            "scale": scale, "tile": tile_size, "overlap": overlap_px, "model_input_size": loaded.input_size,
+            "tile_handling": "resized to the model input" if loaded.kind == "semantic" else "run at the tile's own size",
+            "min_area_px": min_area,
+            "images": {name: str(path) for name, path in named.items()}, "versions": library_versions(),
+        })
+    return table
+
+
+def _predict_into(out_dir: Path, loaded: LoadedModel, named: dict[str, Path], threshold: float, scale: float,
+                  tile_size: int, overlap_px: int, min_area: int, device: str | None, quiet: bool) -> pd.DataFrame:
+    """Write masks/, labels/, overlays/, cells/ and counts.csv of every image into ``out_dir``; returns counts."""
+    from data.imageio import read_image, write_labels, write_png
+    from data.outputs import write_csv
 
     counts = []
     for position, (name, path) in enumerate(named.items(), 1):
@@ -400,7 +427,7 @@ def predict_folder(
             mask = labels > 0
         cells = measure_cells(labels, name, scores)
         write_png(out_dir / "masks" / f"{name}.png", (mask * 255).astype(np.uint8))
-        write_labels(out_dir / "labels" / f"{name}.png", labels)
+        write_labels(out_dir / "labels" / f"{name}{'.png' if labels.max(initial=0) <= 65535 else '.tif'}", labels)
         write_png(out_dir / "overlays" / f"{name}.png", overlay(image, labels))
         write_csv(out_dir / "cells" / f"{name}.csv", cells)
         counts.append({
@@ -414,17 +441,6 @@ def predict_folder(
             print(f"[{position}/{len(named)}] {name}: {len(cells)} cells, confluence {mask.mean():.3f}")
     table = pd.DataFrame(counts, columns=COUNT_COLUMNS)
     write_csv(out_dir / "counts.csv", table)
-    from .run import library_versions
-
-    write_json(out_dir / "predict.json", {
-        "model_dir": str(Path(run_dir).resolve()), "kind": loaded.kind, "model": loaded.name, "weights": which,
-        "threshold": threshold, "threshold_source": threshold_source,
-        "threshold_meaning": "probability > threshold" if loaded.kind == "semantic" else "instance score >= threshold",
-        "scale": scale, "tile": tile_size, "overlap": overlap_px, "model_input_size": loaded.input_size,
-        "tile_handling": "resized to the model input" if loaded.kind == "semantic" else "run at the tile's own size",
-        "min_area_px": min_area,
-        "images": {name: str(path) for name, path in named.items()}, "versions": library_versions(),
-    })
     return table
 
 

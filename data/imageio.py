@@ -100,10 +100,43 @@ def read_image(path: str | Path) -> np.ndarray:
     return to_float_rgb(read_array(path), path)
 
 
+_BINARY_NOTED: list[str] = []
+
+
+class BinaryMaskWarning(UserWarning):
+    """A mask with one non-zero value other than 1 or 255 (e.g. 0/7, 0/65535) was read as binary."""
+
+
+def _components(mask: np.ndarray) -> np.ndarray:
+    """8-connected components of an H x W bool mask as int32 labels 1..N."""
+    from scipy import ndimage
+
+    labels, _ = ndimage.label(mask, structure=np.ones((3, 3), bool))
+    return labels.astype(np.int32)
+
+
+def _note_binary(path: str | Path, value: int, n_cells: int) -> None:
+    """Say once per process that 2-valued masks are read as binary."""
+    if _BINARY_NOTED:
+        return
+    _BINARY_NOTED.append(str(path))
+    import warnings
+
+    warnings.warn(
+        f"{path}: mask holds only 0 and {value} in {n_cells} separate regions, so it is read as a binary mask "
+        f"(cells = 8-connected regions), not as one cell labelled {value}; other such masks are read the same way",
+        BinaryMaskWarning,
+        stacklevel=3,
+    )
+
+
 def mask_to_labels(array: np.ndarray, path: str | Path = "") -> np.ndarray:
     """H x W int32 instance labels from a binary mask (0/1 or 0/255) or a label image.
 
-    A binary mask becomes labels by its 8-connected components. Raises ``DatasetError``
+    A binary mask becomes labels by its 8-connected components. So does a mask with a
+    single non-zero value (0/7, 0/65535, ...) whose pixels form several separate regions:
+    one label id cannot be several cells, so it is a binary mask stored with another
+    value (said once, as a ``BinaryMaskWarning``). Raises ``DatasetError``
     for colour masks whose channels differ, negative or non-integer values, and 0/255
     masks with stray in-between values (anti-aliased or JPEG edges: 255 covers more than
     half of the non-zero pixels, which a label image practically never does).
@@ -127,10 +160,12 @@ def mask_to_labels(array: np.ndarray, path: str | Path = "") -> np.ndarray:
         raise DatasetError("mask has negative values; expected a binary mask (0/1 or 0/255) or an instance label image", path)
     values, counts = np.unique(array, return_counts=True)
     if set(values.tolist()) <= {0, 1} or set(values.tolist()) <= {0, 255}:
-        from scipy import ndimage
-
-        labels, _ = ndimage.label(array > 0, structure=np.ones((3, 3), bool))
-        return labels.astype(np.int32)
+        return _components(array > 0)
+    if len(values) == 2 and values[0] == 0:
+        labels = _components(array > 0)
+        if labels.max() > 1:
+            _note_binary(path, int(values[1]), int(labels.max()))
+            return labels
     if values[-1] == 255 and values[0] == 0 and counts[-1] > 0.5 * counts[1:].sum():
         raise DatasetError(
             f"mask looks like a binary 0/255 mask but also has {len(values) - 2} other value(s) "

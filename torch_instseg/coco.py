@@ -211,11 +211,6 @@ def decode_rle(rle: Mapping[str, Any]) -> np.ndarray:
     return counts_to_mask(rle_to_counts(rle), height, width)
 
 
-def counts_to_indices(counts: np.ndarray) -> np.ndarray:
-    """Sorted flat column-major indices (int64) of the foreground pixels."""
-    return counts_to_pixels([counts])[0]
-
-
 def counts_to_pixels(counts_list: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     """Foreground pixels of many masks at once: (flat column-major indices, index of the mask), int64."""
     if not counts_list:

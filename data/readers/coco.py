@@ -11,6 +11,7 @@ out, ``crowd="error"`` refuses a file that has any. Images are looked for by
 """
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -48,8 +49,45 @@ def _check_segmentation(segmentation: Any) -> str:
             raise ValueError(f"RLE size must be [height, width], got {size!r}")
         if not isinstance(segmentation["counts"], (list, str)):
             raise ValueError("RLE counts must be a list (uncompressed) or a string (compressed)")
+        _check_rle_counts(segmentation)
         return "rle"
     raise ValueError("segmentation must be a list of polygons or an RLE {'counts', 'size'}")
+
+
+def compressed_counts(text: str) -> list[int]:
+    """The run lengths of COCO's compressed RLE string (pycocotools' ``rleFrString``);
+    ``ValueError`` for a character outside '0'..'o' or a truncated string."""
+    counts: list[int] = []
+    position = 0
+    while position < len(text):
+        value, shift, more = 0, 0, True
+        while more:
+            if position >= len(text):
+                raise ValueError("RLE counts string is truncated")
+            code = ord(text[position]) - 48
+            if not 0 <= code <= 63:
+                raise ValueError("RLE counts string has characters outside '0'..'o'")
+            value |= (code & 0x1F) << shift
+            more = bool(code & 0x20)
+            position += 1
+            shift += 5
+            if not more and code & 0x10:
+                value |= -1 << shift
+        if len(counts) > 2:
+            value += counts[-2]
+        counts.append(value)
+    return counts
+
+
+def _check_rle_counts(segmentation: dict) -> None:
+    """``ValueError`` unless the run lengths are non-negative integers adding up to height x width."""
+    height, width = segmentation["size"]
+    counts = segmentation["counts"]
+    counts = compressed_counts(counts) if isinstance(counts, str) else counts
+    if not all(isinstance(value, int) and not isinstance(value, bool) and value >= 0 for value in counts):
+        raise ValueError("RLE counts must be non-negative integers")
+    if sum(counts) != height * width:
+        raise ValueError(f"RLE counts cover {sum(counts)} pixels, but size {height}x{width} has {height * width}")
 
 
 def decode_segmentation(segmentation: Any, height: int, width: int) -> np.ndarray:
@@ -119,6 +157,10 @@ def read(path: str | Path, images: str | Path | None = None, category: str | int
         missing = [key for key in ("id", "file_name", "height", "width") if not isinstance(item, dict) or key not in item]
         if missing:
             raise DatasetError(f"image entry {index} lacks {', '.join(missing)}", json_path)
+        for key in ("height", "width"):
+            value = item[key]
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value != int(value) or value < 1:
+                raise DatasetError(f"image entry {index} ('{item['file_name']}'): {key} must be a positive integer, got {value!r}", json_path)
         if item["id"] in records:
             raise DatasetError(f"two image entries share the id {item['id']}", json_path)
         records[item["id"]] = {"image": item, "annotations": []}

@@ -113,11 +113,24 @@ def _circle_through(points: list[tuple[float, float]]) -> Polygon | None:
 
 
 def shape_to_polygon(shape: str, values: dict[str, Any]) -> Polygon | None:
-    """A region as a polygon in pixel coordinates; ``None`` for points, lines and degenerate shapes.
+    """A region as a polygon in pixel coordinates; ``None`` for points, lines and zero-size shapes.
 
     ``values`` holds the VIA v2 attribute names (v3 coordinates are mapped onto them).
-    Raises ``KeyError``/``TypeError``/``ValueError`` for missing or non-numeric values.
+    Raises ``KeyError``/``TypeError``/``ValueError`` for missing, non-numeric or non-finite
+    values, and for a polygon of fewer than 3 points (an unfinished region: VIA cannot
+    draw one, so it is an error rather than a silently dropped cell).
     """
+    for key, value in values.items():
+        items = value if isinstance(value, (list, tuple)) else [value]
+        if any(isinstance(item, float) and not math.isfinite(item) for item in items):
+            raise ValueError(f"'{key}' is not a finite number (NaN or infinity)")
+    polygon = _shape_polygon(shape, values)
+    if polygon is not None and not all(math.isfinite(x) and math.isfinite(y) for x, y in polygon):
+        raise ValueError("a coordinate is not a finite number (NaN or infinity)")
+    return polygon
+
+
+def _shape_polygon(shape: str, values: dict[str, Any]) -> Polygon | None:
     if shape in NOT_AREAS:
         return None
     if shape == "polygon":
@@ -125,7 +138,9 @@ def shape_to_polygon(shape: str, values: dict[str, Any]) -> Polygon | None:
         if len(xs) != len(ys):
             raise ValueError(f"polygon has {len(xs)} x and {len(ys)} y coordinates")
         points = [(float(x), float(y)) for x, y in zip(xs, ys)]
-        return points if len(points) >= 3 else None
+        if len(points) < 3:
+            raise ValueError(f"polygon has {len(points)} point(s); a region needs at least 3 (delete it or finish it in VIA)")
+        return points
     if shape == "rect":
         return _rect(float(values["x"]), float(values["y"]), float(values["width"]), float(values["height"]))
     if shape == "circle":

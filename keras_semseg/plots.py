@@ -23,8 +23,9 @@ from data.cli import make_parser, run_cli
 from data.outputs import check_can_write, partial_path
 
 from .errors import SemsegError
+from .registry import MODEL_LABELS
+from .sweep import METRIC_LABELS
 
-METRIC_LABELS = {"dice": "Dice (DC)", "jaccard": "Jaccard (JI)", "pixel_accuracy": "Pixel accuracy (PA)"}
 FORMATS = ("png", "pdf")
 DPI = 150
 
@@ -85,7 +86,7 @@ def figure1(history_csvs: Mapping[str, str | Path], out_stem: str | Path, *, ove
             ax.plot(history["epoch"], history[key], label="train", color="tab:blue")
             if f"val_{key}" in history.columns:
                 ax.plot(history["epoch"], history[f"val_{key}"], label="validation", color="tab:orange")
-            ax.set_title(f"{model}: {label}", fontsize=10)
+            ax.set_title(f"{MODEL_LABELS.get(model, model)}: {label}", fontsize=10)
             ax.set_ylabel(label)
             ax.grid(alpha=0.3)
             if row == len(histories) - 1:
@@ -122,7 +123,7 @@ def figure2(summary_csv: str | Path, optimal_csv: str | Path, out_stem: str | Pa
             if row == 0:
                 ax.set_title(METRIC_LABELS[metric], fontsize=10)
             if col == 0:
-                ax.set_ylabel(model)
+                ax.set_ylabel(MODEL_LABELS.get(model, model))
             if row == len(models) - 1:
                 ax.set_xlabel("Threshold")
     return _save(figure, out_stem, overwrite)
@@ -170,7 +171,7 @@ def figure4(
     columns = 2 + len(probs_dirs)
     figure = _new_figure(2.4 * columns, 2.4 * len(samples))
     axes = figure.subplots(len(samples), columns, squeeze=False)
-    titles = ["Original", "Ground truth"] + [f"{m} (t = {thresholds[m]:.2f})" for m in probs_dirs]
+    titles = ["Original", "Ground truth"] + [f"{MODEL_LABELS.get(m, m)} (t = {thresholds[m]:.2f})" for m in probs_dirs]
     for row, sample in enumerate(samples):
         panels = [sample.image, sample.mask] + [masks[sample.name, m] for m in probs_dirs]
         for col, panel in enumerate(panels):

@@ -35,21 +35,25 @@ class ModelEntry:
     encoder: str
     compiles_itself: bool = False
     description: str = ""
+    label: str = ""
 
 
 MODELS: dict[str, ModelEntry] = {
     entry.name: entry
     for entry in (
-        ModelEntry("unet", "keras_semseg.models.unet:build", "mask", "vgg16",
+        ModelEntry("unet", "keras_semseg.models.unet:build", "mask", "vgg16", label="U-Net",
                    description="U-Net, VGG16 encoder with skip connections (segmentation_models)"),
-        ModelEntry("deeplabv3plus", "keras_semseg.models.deeplabv3plus:build", "mask", "xception",
+        ModelEntry("deeplabv3plus", "keras_semseg.models.deeplabv3plus:build", "mask", "xception", label="DeepLabV3+",
                    description="DeepLabV3+, Xception encoder, output stride 16, ASPP 6/12/18"),
-        ModelEntry("segnet", "keras_semseg.models.segnet:build", "mask", "vgg16",
+        ModelEntry("segnet", "keras_semseg.models.segnet:build", "mask", "vgg16", label="SegNet",
                    description="SegNet, VGG16-style encoder, decoder unpools at the max-pooling indices"),
-        ModelEntry("maskrcnn", "keras_semseg.models.maskrcnn:build", "instances", "resnet50", compiles_itself=True,
+        ModelEntry("maskrcnn", "keras_semseg.models.maskrcnn:build", "instances", "resnet50", compiles_itself=True, label="Mask R-CNN",
                    description="Mask R-CNN, ResNet-50 + FPN; its masks scored as one semantic mask"),
     )
 }
+
+
+MODEL_LABELS: dict[str, str] = {name: entry.label for name, entry in MODELS.items()}
 
 
 def available_models() -> list[str]:

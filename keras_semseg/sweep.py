@@ -45,7 +45,9 @@ from data.outputs import check_can_write, check_output_folder, staged_outputs, w
 from .errors import SemsegError
 
 THRESHOLDS = np.arange(101) / 100.0
-METRICS = ("dice", "jaccard", "pixel_accuracy")
+METRIC_LABELS = {"dice": "Dice (DC)", "jaccard": "Jaccard (JI)", "pixel_accuracy": "Pixel accuracy (PA)"}
+METRIC_SHORT = {"dice": "DC", "jaccard": "JI", "pixel_accuracy": "PA"}
+METRICS = tuple(METRIC_LABELS)
 MASK_SUFFIXES = (".png", ".tif", ".tiff")
 OUTPUT_NAMES = ("per_image", "summary", "optimal", "table1")
 PER_IMAGE_COLUMNS = ["model", "image", "threshold", *METRICS]

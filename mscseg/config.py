@@ -22,23 +22,29 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import math
 import os
 import typing
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from keras_semseg.registry import MODELS
+from keras_semseg.sweep import METRICS as SWEEP_METRICS
+from stats.posthoc import POSTHOC_TESTS as POSTHOC_REGISTRY
+from torch_instseg.names import INTERPOLATIONS, PROMPT_MODES, SCORE_SOURCES
+from torch_instseg.sam import SAM_VARIANTS as SAM_VARIANT_REGISTRY
+
 from .errors import RunError
 
 PRESET_DIR = Path(__file__).resolve().parent / "configs"
-SEMANTIC_MODELS = ("unet", "deeplabv3plus", "segnet", "maskrcnn")
-SEMANTIC_METRICS = ("dice", "jaccard", "pixel_accuracy")
-SAM_MODES = ("box", "box_point", "box_mask")
-SAM_SCORES = ("maskrcnn", "sam_iou")
-SAM_VARIANTS = ("vit_h", "vit_l", "vit_b", "vit_tiny")
-INTERPOLATIONS = (11, 101)
+SEMANTIC_MODELS = tuple(MODELS)
+SEMANTIC_METRICS = SWEEP_METRICS
+SAM_MODES = PROMPT_MODES
+SAM_SCORES = SCORE_SOURCES
+SAM_VARIANTS = tuple(SAM_VARIANT_REGISTRY)
 DENSITY_NAMES = ("sparse", "medium", "dense")
-POSTHOC_TESTS = ("dunn", "conover", "wilcoxon")
+POSTHOC_TESTS = tuple(POSTHOC_REGISTRY)
 
 
 @dataclass
@@ -351,14 +357,19 @@ def _convert(value: Any, annotation: Any, where: str, key: str) -> Any:
             return int(value)
         raise _error(where, key, f"must be a whole number, got {value!r}")
     if annotation is float:
+        number = None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
+            number = float(value)
+        elif isinstance(value, str):
             try:
-                return float(value)
+                number = float(value)
             except ValueError:
                 pass
-        raise _error(where, key, f"must be a number, got {value!r}")
+        if number is None:
+            raise _error(where, key, f"must be a number, got {value!r}")
+        if not math.isfinite(number):
+            raise _error(where, key, f"must be a finite number, got {value!r}")
+        return number
     if annotation is str:
         if isinstance(value, str):
             return value
@@ -385,7 +396,10 @@ def build(cls: type, data: Any, where: str = "") -> Any:
 def _read_mapping(path: Path) -> dict:
     if not path.is_file():
         raise RunError(f"{path}: config file not found")
-    text = path.read_text()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise RunError(f"{path}: not a text file; a config is a YAML or JSON text file") from None
     try:
         if path.suffix.lower() == ".json":
             data = json.loads(text)

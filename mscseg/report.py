@@ -17,14 +17,14 @@ from typing import Any, Sequence
 import pandas as pd
 
 from data.cli import make_parser, run_cli
+from keras_semseg.registry import MODEL_LABELS
+from keras_semseg.sweep import METRIC_LABELS as SWEEP_METRIC_LABELS, METRIC_SHORT
+from torch_instseg.names import METHOD_LABELS, sam_method
 
 from .errors import RunError
 
 PUBLISHED_DIR = Path(__file__).resolve().parent / "published"
-MODEL_LABELS = {"unet": "U-Net", "deeplabv3plus": "DeepLabV3+", "segnet": "SegNet", "maskrcnn": "Mask R-CNN"}
-METHOD_LABELS = {"maskrcnn": "Mask R-CNN", "sam_box": "SAM (box)", "sam_box_point": "SAM (box + point)",
-                 "sam_box_mask": "SAM (box + mask)"}
-METRIC_LABELS = {"dice": "Dice (DC)", "jaccard": "Jaccard (JI)", "pixel_accuracy": "Pixel accuracy (PA)", "ap": "AP"}
+METRIC_LABELS = {**SWEEP_METRIC_LABELS, "ap": "AP"}
 FIGURES = (
     ("fig1", "Figure 1 (semantic)", "Loss and pixel accuracy per epoch, training and validation, per model."),
     ("fig2", "Figure 2 (semantic)", "Mean metric over the validation images against the threshold (band: +-1 sd); optimum marked."),
@@ -215,7 +215,7 @@ def table1_comparison(ours: pd.DataFrame, published: pd.DataFrame) -> pd.DataFra
         row: dict[str, Any] = {"model": MODEL_LABELS.get(model, model)}
         mine = ours[ours["model"] == model]
         paper = published[published["model"] == model]
-        for metric, short in (("dice", "DC"), ("jaccard", "JI"), ("pixel_accuracy", "PA")):
+        for metric, short in METRIC_SHORT.items():
             row[f"{short} (this run)"] = _mean_sd(mine[f"{metric}_mean"].iloc[0], mine[f"{metric}_std"].iloc[0]) if len(mine) else "n/a"
             row[f"{short} (paper)"] = _mean_sd(paper[f"{metric}_mean"].iloc[0], paper[f"{metric}_std"].iloc[0]) if len(paper) else "n/a"
         row["threshold (this run)"] = f"{float(mine['threshold'].iloc[0]):.2f}" if len(mine) else "n/a"
@@ -327,7 +327,7 @@ def _instance_section(root: Path) -> str:
     published = _read_csv(PUBLISHED_DIR / "instance_table.csv")
     if published is not None:
         shown = published.drop(columns=["source"]).copy()
-        shown["method"] = shown["method"].map(lambda m: {"sam": "SAM (box)"}.get(m, METHOD_LABELS.get(m, m)))
+        shown["method"] = shown["method"].map(lambda m: {"sam": METHOD_LABELS[sam_method("box")]}.get(m, METHOD_LABELS.get(m, m)))
         parts.append("<h3>Instance table: the paper</h3>" + table_html(shown))
     training = _instance_training(root)
     if training is not None:

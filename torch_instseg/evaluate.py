@@ -64,11 +64,11 @@ from data.outputs import check_can_write, check_output_folder, staged_outputs, w
 
 from .coco import IN_MEMORY_GT, GroundTruth, Instance, counts_to_pixels, index_ground_truth, index_results, results_meta
 from .errors import InstsegError
+from .names import INTERPOLATIONS
 
 COCO_IOU_THRESHOLDS = np.linspace(0.5, 0.95, int(np.round((0.95 - 0.5) / 0.05)) + 1, endpoint=True)
 COCO_RECALL_POINTS = np.linspace(0.0, 1.00, int(np.round((1.00 - 0.0) / 0.01)) + 1, endpoint=True)
 ELEVEN_RECALL_POINTS = np.arange(11) / 10.0
-INTERPOLATIONS = (11, 101)
 DEFAULT_MAX_DETS = 100
 PER_IMAGE_COLUMNS = ["image_id", "n_gt", "n_pred", "mean_score", "ap", "image"]
 TABLE_COLUMNS = [

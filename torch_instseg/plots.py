@@ -12,13 +12,8 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from .errors import InstsegError
+from .names import METHOD_LABELS
 
-METHOD_TITLES = {
-    "maskrcnn": "Mask R-CNN",
-    "sam_box": "SAM, box prompt",
-    "sam_box_point": "SAM, box + point",
-    "sam_box_mask": "SAM, box + mask",
-}
 
 
 def _colours(count: int, seed: int = 0) -> np.ndarray:
@@ -51,7 +46,7 @@ def _draw_boxes(axis, boxes_xywh: Sequence[Sequence[float]], scores: Sequence[fl
 
 
 def _method_title(method: str, meta: Mapping) -> str:
-    title = METHOD_TITLES.get(method, method)
+    title = METHOD_LABELS.get(method, method)
     if meta.get("untrained"):
         title += "\n(UNTRAINED: random weights)"
     elif meta.get("variant"):
@@ -116,7 +111,7 @@ def instance_figure(
             axis.imshow(overlay(image, masks), interpolation="nearest")
             if method == "maskrcnn":
                 _draw_boxes(axis, [d.get("bbox") or coco.rle_to_bbox(d["segmentation"]) for d in shown], [d["score"] for d in shown])
-            header = _method_title(method, metas[method]) if row == 0 else METHOD_TITLES.get(method, method)
+            header = _method_title(method, metas[method]) if row == 0 else METHOD_LABELS.get(method, method)
             axis.set_title(f"{header}\n{len(shown)} of {len(detections)} with score >= {display_threshold:g}", fontsize=6)
     for axis in axes.ravel():
         axis.set_xticks([])

@@ -34,10 +34,9 @@ from data.cli import add_dataset_arguments, make_parser, open_dataset, run_cli
 from data.outputs import check_can_write
 
 from .errors import InstsegError
+from .names import PROMPT_MODES, SCORE_SOURCES, sam_method
 from .weights import SAM_CHECKPOINT_FILES, resolve_sam_checkpoint
 
-PROMPT_MODES = ("box", "box_point", "box_mask")
-SCORE_SOURCES = ("maskrcnn", "sam_iou")
 MASK_PROMPT_EPS = 1e-3
 UNTRAINED_WARNING = "SAM has RANDOM weights (--sam-checkpoint none): its masks are untrained and mean nothing"
 
@@ -370,7 +369,7 @@ def run_sam(
         raise InstsegError(f"unknown score source '{score}'; valid: {', '.join(SCORE_SOURCES)}")
     out_dir = Path(out_dir)
     maskrcnn_json = Path(maskrcnn_json)
-    paths = {mode: out_dir / f"sam_{mode}.json" for mode in modes}
+    paths = {mode: out_dir / f"{sam_method(mode)}.json" for mode in modes}
     for path in paths.values():
         check_can_write(path, overwrite)
         check_can_write(coco.results_meta_path(path), overwrite)
@@ -438,7 +437,7 @@ def run_sam(
 
     for mode in modes:
         meta = {
-            "method": f"sam_{mode}", "prompt_mode": mode, "score_source": score,
+            "method": sam_method(mode), "prompt_mode": mode, "score_source": score,
             "score_source_meaning": "Mask R-CNN box score" if score == "maskrcnn" else "SAM predicted IoU of the kept mask",
             "variant": info.get("variant", variant), "checkpoint": info.get("checkpoint"), "untrained": bool(info.get("untrained")),
             "multimask_output": True, "kept_mask": "highest predicted IoU of the 3", "batch_size": batch_size,

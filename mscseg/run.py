@@ -595,46 +595,11 @@ def _duration(seconds: float) -> str:
 # ---------------------------------------------------------------- pretrained weights, checked before any step runs
 
 def check_weights(settings: Settings, running: set[str]) -> None:
-    """Find (or fetch, when online) the pretrained files the steps about to run need, so that a missing
-    file stops the run at once with the pieces' message (file, folder, how to run without it)."""
-    semantic, instance = settings.semantic, settings.instance
-    hints = {
-        "semantic": "or set 'semantic.encoder_weights: none' in the config for random initialisation",
-        "coco": "or set 'instance.weights: none' in the config for random initialisation",
-        "sam": "or set 'instance.sam.checkpoint: none' in the config to run SAM untrained",
-    }
-    training = [m for m in semantic.models if f"semantic_train_{m}" in running]
-    if semantic.enabled and training and semantic.encoder_weights == "imagenet":
-        try:
-            from keras_semseg.registry import get_entry
-            from keras_semseg.weights import keras_application_weights
-        except ImportError:
-            pass
-        else:
-            for encoder in dict.fromkeys(get_entry(model).encoder for model in training):
-                _with_hint(lambda: keras_application_weights(encoder, "imagenet"), hints["semantic"])
-    if instance.enabled and "instance_train" in running and instance.weights == "coco":
-        try:
-            from torch_instseg.weights import ensure_coco_weights
-        except ImportError:
-            pass
-        else:
-            _with_hint(ensure_coco_weights, hints["coco"])
-    if instance.enabled and "instance_sam" in running and instance.sam.checkpoint is not None:
-        try:
-            from torch_instseg.weights import resolve_sam_checkpoint
-        except ImportError:
-            pass
-        else:
-            path = None if instance.sam.checkpoint == "default" else instance.sam.checkpoint
-            _with_hint(lambda: resolve_sam_checkpoint(instance.sam.variant, path), hints["sam"])
+    """Find (or fetch, when online) the pretrained files the steps about to run need; one message lists every
+    missing file, and a corrupt one stops the run before any step (see ``mscseg.pretrained``)."""
+    from .pretrained import check_pretrained
 
-
-def _with_hint(check: Callable[[], Any], hint: str) -> None:
-    try:
-        check()
-    except MscsegError as error:
-        raise RunError(f"{' '.join(str(error).split())} ({hint})") from None
+    check_pretrained(settings, running)
 
 
 # ---------------------------------------------------------------- versions and config.json

@@ -116,11 +116,19 @@ def test_parameter_counts_and_segnet_has_no_skip_connections(built_models):
 
 # ---------------------------------------------------------------- encoder weights
 
+def _write_h5(path):
+    import h5py
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with h5py.File(path, "w") as handle:
+        handle.create_dataset("kernel", data=np.zeros((2, 2), np.float32))
+
+
 def test_weights_none_and_local_file(tmp_path):
     assert weights.keras_application_weights("vgg16", None) is None
     assert weights.keras_application_weights("xception", "none") is None
     path = tmp_path / "my.h5"
-    path.write_bytes(b"x")
+    _write_h5(path)
     assert weights.keras_application_weights("vgg16", str(path)) == str(path)
     with pytest.raises(SemsegError, match="encoder weights file not found"):
         weights.keras_application_weights("vgg16", str(tmp_path / "missing.h5"))
@@ -130,9 +138,19 @@ def test_imagenet_weights_come_from_the_keras_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("KERAS_HOME", str(tmp_path))
     monkeypatch.setattr(weights, "_can_reach", lambda *args, **kwargs: pytest.fail("must not go online"))
     cached = tmp_path / "models" / "xception_weights_tf_dim_ordering_tf_kernels_notop.h5"
-    cached.parent.mkdir()
-    cached.write_bytes(b"x")
+    _write_h5(cached)
     assert weights.keras_application_weights("xception", "imagenet") == str(cached)
+
+
+@pytest.mark.parametrize("content", [b"", b"<html>503 Service Unavailable</html>", b"\x89HDF\r\n\x1a\n" + b"\0" * 40])
+def test_corrupt_cached_weights_are_named_before_training(tmp_path, monkeypatch, content):
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path))
+    cached = tmp_path / "models" / "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5"
+    cached.parent.mkdir()
+    cached.write_bytes(content)
+    with pytest.raises(SemsegError, match="delete it and retry") as caught:
+        weights.keras_application_weights("vgg16", "imagenet")
+    assert caught.value.path == str(cached)
 
 
 @pytest.mark.parametrize("app, file_name", [

@@ -6,11 +6,16 @@
   from the segment-anything release, looked for in ``$MSCSEG_SAM_DIR`` or ``~/.cache/mscseg/sam/``
   unless a path is given. SAM checkpoints are never downloaded by the project (2.4 GB for ViT-H).
 
-This module imports torch only inside functions.
+Online, the COCO file is downloaded into torchvision's cache with torch.hub's progress
+bar, as ``torchvision.models`` does. Offline, the messages name each file, its folder and
+URL; ``mscseg.pretrained`` lists every missing file of a run at once. A checkpoint's
+header (its zip directory and pickle) is checked before use, so a truncated or corrupt
+file is reported before training starts. This module imports torch only inside functions.
 """
 from __future__ import annotations
 
 import os
+import zipfile
 from pathlib import Path
 
 from .errors import InstsegError
@@ -55,11 +60,35 @@ def _download(url: str, destination: Path) -> None:
     import torch
 
     destination.parent.mkdir(parents=True, exist_ok=True)
-    torch.hub.download_url_to_file(url, str(destination), progress=False)
+    torch.hub.download_url_to_file(url, str(destination), progress=True)
 
 
-def ensure_coco_weights(download: bool = True) -> Path:
-    """Path of the cached COCO weights, downloading them once if allowed; ``InstsegError`` when offline."""
+def check_checkpoint_file(path: str | Path) -> Path:
+    """``InstsegError`` unless ``path`` is a readable torch checkpoint: a zip whose directory lists a
+    ``data.pkl`` that reads back with a good checksum (or a legacy pickle file)."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(4)
+    except OSError as error:
+        raise InstsegError(f"cannot read the checkpoint ({error.strerror or error})", path) from None
+    if head == b"PK\x03\x04":
+        try:
+            with zipfile.ZipFile(path) as archive:
+                pickles = [name for name in archive.namelist() if name.endswith("/data.pkl") or name == "data.pkl"]
+                if not pickles:
+                    raise zipfile.BadZipFile("no data.pkl")
+                archive.read(pickles[0])
+        except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError) as error:
+            raise InstsegError(f"corrupt or truncated torch checkpoint ({error}); delete it and download it again", path) from None
+        return path
+    if head[:1] != b"\x80":
+        raise InstsegError("not a torch checkpoint (neither a zip archive nor a pickle); delete it and download it again", path)
+    return path
+
+
+def fetch_coco_weights(download: bool = True) -> Path | None:
+    """The cached COCO weights, downloaded (progress bar) when missing and ``download``; None when unavailable."""
     path = coco_weights_path()
     if path.is_file():
         return path
@@ -68,9 +97,15 @@ def ensure_coco_weights(download: bool = True) -> Path:
             _download(COCO_WEIGHTS_URL, path)
         except Exception:  # noqa: BLE001 - any network or disk failure means "not available"
             pass
-        if path.is_file():
-            return path
-    raise InstsegError(coco_weights_message())
+    return path if path.is_file() else None
+
+
+def ensure_coco_weights(download: bool = True) -> Path:
+    """Path of the cached, header-checked COCO weights, downloading them once if allowed; ``InstsegError`` when offline."""
+    path = fetch_coco_weights(download)
+    if path is None:
+        raise InstsegError(coco_weights_message())
+    return check_checkpoint_file(path)
 
 
 def sam_checkpoint_dir() -> Path:
@@ -87,26 +122,34 @@ def sam_checkpoint_message(variant: str, looked_at: Path) -> str:
     )
 
 
-def resolve_sam_checkpoint(variant: str, checkpoint: str | os.PathLike | None) -> Path | None:
-    """The checkpoint file to load for ``variant``; ``None`` for ``"none"`` (random weights).
+def sam_checkpoint_path(variant: str, checkpoint: str | os.PathLike | None) -> Path | None:
+    """Where the checkpoint of ``variant`` is looked for (not checked); ``None`` for ``"none"``.
 
     ``checkpoint`` None means the default file in ``sam_checkpoint_dir()``; a folder means the
-    variant's file inside it. A missing file raises ``InstsegError`` naming it and the folder.
+    variant's file inside it.
     """
     if isinstance(checkpoint, str) and checkpoint.strip().lower() == "none":
         return None
     if variant not in SAM_CHECKPOINT_FILES:
         if checkpoint is None:
             raise InstsegError(f"SAM variant '{variant}' has no released checkpoint; pass --sam-checkpoint none or a file")
-        path = Path(checkpoint).expanduser()
-    elif checkpoint is None:
-        path = sam_checkpoint_dir() / SAM_CHECKPOINT_FILES[variant]
-    else:
-        path = Path(checkpoint).expanduser()
-        if path.is_dir():
-            path = path / SAM_CHECKPOINT_FILES[variant]
+        return Path(checkpoint).expanduser()
+    if checkpoint is None:
+        return sam_checkpoint_dir() / SAM_CHECKPOINT_FILES[variant]
+    path = Path(checkpoint).expanduser()
+    return path / SAM_CHECKPOINT_FILES[variant] if path.is_dir() else path
+
+
+def resolve_sam_checkpoint(variant: str, checkpoint: str | os.PathLike | None) -> Path | None:
+    """The header-checked checkpoint file to load for ``variant``; ``None`` for ``"none"`` (random weights).
+
+    A missing file raises ``InstsegError`` naming it and the folder (see ``sam_checkpoint_path``).
+    """
+    path = sam_checkpoint_path(variant, checkpoint)
+    if path is None:
+        return None
     if not path.is_file():
         if variant in SAM_CHECKPOINT_FILES:
             raise InstsegError(sam_checkpoint_message(variant, path))
         raise InstsegError(f"{path}: SAM checkpoint not found")
-    return path
+    return check_checkpoint_file(path)

@@ -270,7 +270,6 @@ def build_steps(settings: Settings) -> list[Step]:
                   "stats.plots:figure3")),
         ]
     if instance.enabled:
-        methods = _instance_methods(settings)
         result += [
             Step("instance_train", "instance", ("split",), lambda lay: [lay.maskrcnn],
                  lambda st: {k: getattr(st.instance, k) for k in (
@@ -303,7 +302,6 @@ def build_steps(settings: Settings) -> list[Step]:
                  lambda st: {"figure_images": st.instance.figure_images, "methods": _instance_methods(st)},
                  actions.instance_figures_step, ("torch_instseg.plots:instance_figure",)),
         ]
-        del methods
     all_names = tuple(step.name for step in result)
     result.append(Step("report", "report", all_names, lambda lay: [lay.report],
                        lambda st: {k: v for k, v in st.to_dict().items() if k != "source"},

@@ -24,6 +24,7 @@ def _studies(ctx: Context) -> list[str]:
 def data_step(ctx: Context) -> None:
     """Write the synthetic datasets (if any), then read every study's dataset once and summarise it."""
     from data.outputs import write_csv
+    from data.summary import summarize
     from data.synthetic import write_dataset
 
     for study in _studies(ctx):
@@ -38,11 +39,6 @@ def data_step(ctx: Context) -> None:
             write_dataset(folder, n_images=s.n_images, size=s.size, density=density, seed=s.seed, overwrite=True)
         dataset = ctx.dataset(study)
         print(f"{study}: {len(dataset)} images from {dataset.root} ({dataset.format})")
-        try:
-            from data.summary import summarize
-        except ImportError:
-            dataset.validate()
-            continue
         frame = summarize(dataset)
         write_csv(ctx.layout.data / f"summary_{study}.csv", frame)
         print(f"{study}: {int(frame['n_cells'].sum())} cells, {frame['n_cells'].mean():.1f} per image")

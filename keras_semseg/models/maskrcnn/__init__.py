@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from ...errors import SemsegError
+from ...registry import TENSORFLOW_HINT
 
 __all__ = ["build", "count_parameters"]
 
@@ -34,7 +35,7 @@ def build(input_shape: tuple[int, int, int] = (256, 256, 3), encoder_weights: An
         from .model import MaskRCNN, make_config
     except ModuleNotFoundError as error:
         if error.name in ("tensorflow", "keras"):
-            raise SemsegError("TensorFlow is not installed; install the Keras half with: pip install -e .[keras]") from None
+            raise SemsegError(TENSORFLOW_HINT) from None
         raise
 
     config = make_config(height, width, random_init, **options)

@@ -243,7 +243,7 @@ def test_encoder_weights_file_is_loaded_and_checked(tmp_path):
     with pytest.raises(SemsegError, match="not found"):
         build((64, 64, 3), str(tmp_path / "missing.h5"), **TINY)
     (tmp_path / "junk.h5").write_text("not weights")
-    with pytest.raises(SemsegError, match="not resnet50 encoder weights"):
+    with pytest.raises(SemsegError, match="not a Keras .h5 weights file"):
         build((64, 64, 3), str(tmp_path / "junk.h5"), **TINY)
 
 

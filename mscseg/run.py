@@ -617,7 +617,7 @@ def print_list(entries: list[Planned], layout: Layout, out: TextIO) -> None:
     print(f"steps of {layout.root}:", file=out)
     for entry in entries:
         stamp = read_stamp(layout, entry.step.name) or {}
-        when = f"  ({_duration(stamp['wall_s'])}, {stamp.get('finished', '')})" if stamp.get("status") == "done" else ""
+        when = f"  ({_duration(stamp['wall_s'])}, {stamp.get('finished', '')})" if stamp.get("status") == "done" and "wall_s" in stamp else ""
         note = f" - {entry.note}" if entry.note else ""
         print(f"  {entry.step.name:<{width}}  {entry.state.value:<8} {WILL[entry.action]}{note}{when}", file=out)
 

@@ -228,7 +228,7 @@ def build_steps(settings: Settings) -> list[Step]:
     steps = [
         Step("data", (), lambda lay: [lay.data], tuple(f"{s}.dataset" for s in studies), data_step),
         Step("split", ("data",), lambda lay: [lay.split_json(s) for s in studies],
-             tuple(f"{s}.{key}" for s in studies for key in ("split", "dataset.label")), split_step),
+             tuple(f"{s}.{key}" for s in studies for key in ("split", "dataset")), split_step),
     ]
     if settings.semantic.enabled:
         steps += _semantic_steps(settings)

@@ -302,3 +302,10 @@ def test_tiny_end_to_end_writes_every_file_of_the_layout(tiny_run, capsys, monke
     assert runner.main(["--config", "tiny", "--out", str(tiny_run)]) == 0
     console = capsys.readouterr().out
     assert console.count("skipped (up to date)") == len(steps) and "running" not in console
+
+
+def test_an_action_reading_an_undeclared_setting_crashes_with_the_setting_named(toy, capsys):
+    BEHAVIOUR["prepare"] = "undeclared"
+    assert toy() == 1
+    assert "step prepare crashed (UndeclaredSetting)" in capsys.readouterr().err
+    assert "reads setting 'semantic.seed', which it does not declare" in (toy.out / "logs" / "prepare.log").read_text()

@@ -106,6 +106,17 @@ class Layout:
     def semantic_stats(self) -> Path:
         return self.semantic / "stats"
 
+    def stats(self, study: str) -> Path:
+        """The statistics folder of ``study`` (what ``stats.analyse`` writes)."""
+        return self.semantic_stats if study == "semantic" else self.instance_stats
+
+    def stats_table(self, study: str, name: str) -> Path:
+        """``tests``, ``summary``, ``values``, ``<test>_<metric>`` ... CSV of a study's statistics."""
+        return self.stats(study) / f"{name}.csv"
+
+    def stats_notes(self, study: str) -> Path:
+        return self.stats(study) / "notes.txt"
+
     # ------------------------------------------------------------ instance study
     @property
     def instance(self) -> Path:
@@ -137,6 +148,9 @@ class Layout:
     def evaluation(self, method: str, interpolation: int) -> Path:
         return self.evaluations / method / f"{interpolation}point"
 
+    def evaluation_per_image(self, method: str, interpolation: int) -> Path:
+        return self.evaluation(method, interpolation) / "per_image.csv"
+
     @property
     def instance_table(self) -> Path:
         return self.instance / "instance_table.csv"
@@ -149,6 +163,10 @@ class Layout:
     @property
     def figures(self) -> Path:
         return self.root / "figures"
+
+    def figure_stem(self, stem: str) -> Path:
+        """Where a plotting function writes ``<stem>.png`` and ``<stem>.pdf``."""
+        return self.figures / stem
 
     def figure(self, stem: str, fmt: str = "png") -> Path:
         return self.figures / f"{stem}.{fmt}"

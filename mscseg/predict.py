@@ -51,6 +51,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import RunError
+from .layout import Layout, run_json
 
 CELL_COLUMNS = ["image", "cell", "area_px", "perimeter_px", "major_axis_px", "minor_axis_px", "elongation",
                 "centroid_x", "centroid_y", "score"]
@@ -104,7 +105,7 @@ class LoadedModel:
 
 def run_kind(run_dir: Path) -> str:
     """"semantic" (Keras run: *.weights.h5) or "instance" (torch Mask R-CNN run: *.pt)."""
-    if not (run_dir / "run.json").is_file():
+    if not run_json(run_dir).is_file():
         raise RunError(f"{run_dir}: not a training run folder (run.json missing); give semantic/<model>/ or instance/maskrcnn/")
     if (run_dir / "best.pt").is_file() or (run_dir / "last.pt").is_file():
         return "instance"
@@ -131,7 +132,7 @@ def load_model(run_dir: str | Path, which: str = "best", device: str | None = No
 def default_threshold(loaded: LoadedModel) -> tuple[float, str]:
     """(threshold, where it came from): the sweep's Dice-optimal threshold next to a semantic run, else 0.5."""
     if loaded.kind == "semantic":
-        table1 = loaded.run_dir.parent / "sweep" / "table1.csv"
+        table1 = Layout.of_semantic_run(loaded.run_dir).sweep_table("table1")
         if table1.is_file():
             frame = pd.read_csv(table1, dtype={"model": str})
             rows = frame[frame["model"] == loaded.name]
@@ -412,7 +413,7 @@ def predict_folder(
             print(f"[{position}/{len(named)}] {name}: {len(cells)} cells, confluence {mask.mean():.3f}")
     table = pd.DataFrame(counts, columns=COUNT_COLUMNS)
     write_csv(out_dir / "counts.csv", table)
-    from .run import library_versions
+    from data.run_record import library_versions
 
     write_json(out_dir / "predict.json", {
         "model_dir": str(Path(run_dir).resolve()), "kind": loaded.kind, "model": loaded.name, "weights": which,
@@ -453,14 +454,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from .run import _bad_input_errors
+    from data.errors import MscsegError
 
-    bad_input = _bad_input_errors()
     try:
         table = predict_folder(args.model, args.images, args.out, threshold=args.threshold, scale=args.scale, tile=args.tile,
                                overlap=args.overlap, min_area=args.min_area, which=args.which, device=args.device,
                                recursive=args.recursive, overwrite=args.overwrite, quiet=False)
-    except bad_input as error:
+    except MscsegError as error:
         print(f"error: {' '.join(str(error).split())}", file=sys.stderr)
         return 2
     print(table[["image", "cell_count", "confluence"]].to_string(index=False))

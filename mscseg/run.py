@@ -58,7 +58,7 @@ from data.errors import MscsegError
 
 from .config import Settings, check_inputs, from_mapping, load_config
 from .errors import RunError
-from .layout import Layout
+from .layout import Layout, run_json
 from .steps import Framework, Step, settings_hash, stamp_hashes
 
 STEP_FACTORY = "mscseg.steps:build_steps"
@@ -200,7 +200,7 @@ def _state(step: Step, settings: Settings, expected: str, stamp: dict | None, by
     if stamp.get("status") != "done":
         if same_settings and stamp.get("stamp") == expected:
             how = {"failed": "failed last time", "interrupted": "interrupted"}.get(stamp.get("status"), "stopped part-way")
-            resume = step.resumable and any((p / "run.json").is_file() for p in outputs if p.is_dir())
+            resume = step.resumable and any(run_json(p).is_file() for p in outputs if p.is_dir())
             return Planned(step, State.PARTIAL, Action.RUN, f"{how}; " + ("resumes" if resume else "runs again"), resume=resume)
         if not same_settings:
             return Planned(step, State.CHANGED, Action.RUN,

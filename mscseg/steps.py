@@ -385,13 +385,13 @@ def semantic_figures_step(ctx: Context) -> None:
 
     s, layout = ctx.settings.semantic, ctx.layout
     models = list(s.models)
-    figure1({m: history_csv(layout.semantic_model(m)) for m in models}, layout.figures / "fig1", overwrite=ctx.overwrite)
-    figure2(layout.sweep_table("summary"), layout.sweep_table("optimal"), layout.figures / "fig2", overwrite=ctx.overwrite)
-    figure3(layout.semantic_stats / "values.csv", layout.semantic_stats, list(s.metrics), layout.figures / "fig3",
+    figure1({m: history_csv(layout.semantic_model(m)) for m in models}, layout.figure_stem(SEMANTIC_FIGURES[0]), overwrite=ctx.overwrite)
+    figure2(layout.sweep_table("summary"), layout.sweep_table("optimal"), layout.figure_stem(SEMANTIC_FIGURES[1]), overwrite=ctx.overwrite)
+    figure3(layout.stats_table("semantic", "values"), layout.semantic_stats, list(s.metrics), layout.figure_stem(SEMANTIC_FIGURES[2]),
             test=ctx.settings.stats.posthoc, overwrite=ctx.overwrite)
     names = ctx.split("semantic")["val"][: s.figure_images]
     figure4(ctx.samples("semantic", names), {m: layout.probs(m) for m in models}, layout.sweep_table("table1"),
-            layout.figures / "fig4", n_images=s.figure_images, overwrite=ctx.overwrite)
+            layout.figure_stem(SEMANTIC_FIGURES[3]), n_images=s.figure_images, overwrite=ctx.overwrite)
     print(f"figures 1-4 -> {layout.figures}")
 
 
@@ -488,7 +488,7 @@ def instance_per_image(ctx: Context, interpolation: int):
     stems = {image["id"]: Path(image["file_name"]).stem for image in gt.get("images", [])}
     parts = []
     for method in instance_methods(ctx.settings.instance.sam.modes):
-        frame = pd.read_csv(ctx.layout.evaluation(method, interpolation) / "per_image.csv")
+        frame = pd.read_csv(ctx.layout.evaluation_per_image(method, interpolation))
         if "image" not in frame.columns:
             frame["image"] = frame["image_id"].map(stems)
         parts.append(pd.DataFrame({"model": method, "image": frame["image"].astype(str), "ap": frame["ap"]}))
@@ -506,7 +506,7 @@ def instance_stats_step(ctx: Context) -> None:
         raise RunError(f"instance statistics need at least 3 validation images, got {frame['image'].nunique()}; "
                        "raise instance.split.val_fraction or the number of images")
     ctx.layout.instance_stats.mkdir(parents=True, exist_ok=True)
-    write_csv(ctx.layout.instance_stats / "per_image_ap.csv", frame.assign(interpolation=interpolation))
+    write_csv(ctx.layout.stats_table("instance", "per_image_ap"), frame.assign(interpolation=interpolation))
     result = analyse(frame, ["ap"], ctx.layout.instance_stats, posthoc=ctx.settings.stats.posthoc, overwrite=True)
     print(f"per-image AP ({interpolation}):")
     print(result["tests"].to_string(index=False))
@@ -518,7 +518,7 @@ def instance_figures_step(ctx: Context) -> None:
     i = ctx.settings.instance
     names = ctx.split("instance")["val"][: i.figure_images]
     results = {method: ctx.layout.prediction(method) for method in instance_methods(i.sam.modes)}
-    instance_figure(ctx.samples("instance", names), _ground_truth(ctx), results, ctx.layout.figures / INSTANCE_FIGURE,
+    instance_figure(ctx.samples("instance", names), _ground_truth(ctx), results, ctx.layout.figure_stem(INSTANCE_FIGURE),
                     n_images=i.figure_images)
     print(f"instance figure -> {ctx.layout.figures}")
 

@@ -127,7 +127,7 @@ class Context:
     step: str
     resume: bool = False
     overwrite: bool = False
-    full_settings: Settings | None = field(default=None, repr=False)
+    _all_settings: Settings | None = field(default=None, repr=False)
     _datasets: dict = field(default_factory=dict, repr=False)
 
     def dataset(self, study: str):
@@ -138,7 +138,7 @@ class Context:
         if study not in self._datasets:
             from data import read_dataset
 
-            spec = getattr(self.full_settings, study).dataset
+            spec = getattr(self._all_settings, study).dataset
             if spec.synthetic is not None:
                 self._datasets[study] = read_dataset(self.layout.synthetic_data(study), format="folders")
             else:
@@ -235,10 +235,11 @@ def build_steps(settings: Settings) -> list[Step]:
     if settings.instance.enabled:
         steps += _instance_steps(settings)
     steps.append(Step("report", tuple(step.name for step in steps), lambda lay: [lay.report],
-                      ("name", "description"), report_step, derived=True))
+                      REPORT_READS, report_step, derived=True))
     return steps
 
 
+REPORT_READS = ("name", "description", "semantic", "instance", "stats")  # its settings section shows them all
 SEMANTIC_TRAINING = ("image_size", "epochs", "batch_size", "encoder_weights", "augment", "mixed_precision", "seed")
 
 

@@ -17,6 +17,10 @@ def _bad(ctx) -> None:
     raise DatasetError("image has no pixels", "img_7.png")
 
 
+def _crash(ctx) -> None:
+    raise ValueError("boom in the child")
+
+
 def _abort(ctx) -> None:
     print("about to abort", flush=True)
     os.abort()
@@ -34,6 +38,7 @@ def build(settings) -> list[Step]:
     return [
         Step("child_ok", (), output("child_ok"), ("semantic.image_size",), _write, Framework.TORCH),
         Step("child_bad", (), output("child_bad"), (), _bad, Framework.TENSORFLOW),
+        Step("child_crash", (), output("child_crash"), (), _crash, Framework.TORCH),
         Step("child_abort", (), output("child_abort"), (), _abort, Framework.TORCH),
         Step("child_sleep", (), output("child_sleep"), (), _sleep, Framework.TORCH),
     ]

@@ -167,6 +167,13 @@ def test_bad_input_in_a_child_is_one_line_exit_2(child_run, capsys):
     assert error == f"error: step child_bad failed: img_7.png: image has no pixels (log: {log})\n"
 
 
+def test_an_exception_in_a_child_is_a_crash_with_its_traceback_in_the_log(child_run, capsys):
+    assert child_run("--only", "child_crash") == 1
+    log = child_run.out / "logs" / "child_crash.log"
+    assert capsys.readouterr().err == f"error: step child_crash crashed (ValueError); the traceback is in {log}\n"
+    assert "Traceback" in log.read_text() and "boom in the child" in log.read_text()
+
+
 def test_a_crashed_child_is_reported_in_one_line_with_its_log(child_run, capsys):
     assert child_run("--only", "child_abort") == 2
     error = capsys.readouterr().err

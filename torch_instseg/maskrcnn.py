@@ -30,11 +30,12 @@ import numpy as np
 
 from data.errors import DatasetError, MscsegError
 from data.outputs import check_can_write
-from data.run_record import HISTORY_CSV, RUN_JSON, RunRecord, check_resume, read_record
+from data.run_record import HISTORY_CSV, RUN_JSON, RunRecord, check_resume, library_versions, read_record
 
 from .errors import InstsegError
 from .weights import COCO_WEIGHTS_FILE, ensure_coco_weights
 
+_versions = library_versions  # torch_instseg.sam records versions through this name
 MODEL_NAME = "maskrcnn_resnet50_fpn_v2"
 AUGMENTATION = {"hflip": 0.5, "vflip": 0.3, "rot90": 0.3}
 LOSS_COMPONENTS = ("loss_classifier", "loss_box_reg", "loss_mask", "loss_objectness", "loss_rpn_box_reg")

@@ -21,7 +21,7 @@ from .errors import RunError
 if TYPE_CHECKING:
     from data.run_record import RunRecord
 
-from .layout import INSTANCE_FIGURE, SEMANTIC_FIGURES, STUDIES, Layout, run_json
+from .layout import INSTANCE_FIGURE, SEMANTIC_FIGURES, STUDIES, Layout
 
 PUBLISHED_DIR = Path(__file__).resolve().parent / "published"
 MODEL_LABELS = {"unet": "U-Net", "deeplabv3plus": "DeepLabV3+", "segnet": "SegNet", "maskrcnn": "Mask R-CNN"}

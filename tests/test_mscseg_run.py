@@ -7,7 +7,6 @@ report and notebook tests).
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest

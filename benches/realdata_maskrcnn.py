@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     table.to_csv(out / "instance_table.csv", index=False)
     history = pd.read_csv(out / "maskrcnn" / "history.csv")
     summary = {
-        "device": record["device"], "image_size": args.image_size or "native", "cheap": args.cheap,
+        "device": record["details"]["device"], "image_size": args.image_size or "native", "cheap": args.cheap,
         "epochs_done": record["epochs_done"], "status": record["status"], "best_epoch": record["best_epoch"],
         "epoch_time_s_mean": record["epoch_time_s_mean"], "train_wall_s": round(train_s, 1),
         "predict_5_val_s": round(predict_s, 1), "sam_all_modes_s": None if sam_s is None else round(sam_s, 1),

@@ -7,11 +7,13 @@ Training resizes the same way (masks and labels with nearest neighbour).
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
+
+from data.errors import MscsegError
+from data.run_record import RUN_JSON, read_record
 
 from .errors import SemsegError
 
@@ -19,22 +21,23 @@ from .errors import SemsegError
 def load_run(run_dir: str | Path, which: str = "best") -> tuple[Any, dict]:
     """``(model, settings)`` of the training run in ``run_dir`` with its ``best`` or ``last`` weights.
 
-    ``settings`` is the run's ``run.json``; the model is built for
+    ``settings`` is the ``settings`` of the run's ``run.json``; the model is built for
     ``settings["image_size"]`` and needs no encoder weights file.
     """
     run_dir = Path(run_dir)
     if which not in ("best", "last"):
         raise SemsegError(f"which weights: 'best' or 'last', got '{which}'")
-    run_path = run_dir / "run.json"
+    run_path = run_dir / RUN_JSON
+    if not run_path.is_file():
+        raise SemsegError(f"{run_path}: not found; is {run_dir} a semseg-train output folder?")
     try:
-        settings = json.loads(run_path.read_text())
-    except FileNotFoundError:
-        raise SemsegError(f"{run_path}: not found; is {run_dir} a semseg-train output folder?") from None
-    except (OSError, ValueError) as error:
-        raise SemsegError(f"{run_path}: unreadable run record ({error})") from None
+        record = read_record(run_dir)
+    except MscsegError as error:
+        raise SemsegError(f"unreadable run record ({error.problem})", error.path) from None
+    settings = record.settings
     weights_path = run_dir / f"{which}.weights.h5"
     if not weights_path.is_file():
-        raise SemsegError(f"{weights_path}: weights file not found (status of the run: {settings.get('status', 'unknown')})")
+        raise SemsegError(f"{weights_path}: weights file not found (status of the run: {record.status})")
     from . import build_model
 
     size = int(settings["image_size"])

@@ -1,8 +1,9 @@
 """Train one semantic segmentation model (``semseg-train``): paper defaults, resumable, atomic outputs.
 
-Writes into ``out_dir``: ``run.json`` (every setting, split, versions, status, best
-epoch, ``wall_time_s`` for the whole call including data loading and the probability
-maps, ``train_time_s`` the sum of the epoch times; both add up over resumes),
+Writes into ``out_dir``: ``run.json`` (``data.run_record.RunRecord``: settings, split,
+versions, status, best epoch and loss, ``wall_time_s`` for the whole call including data
+loading and the probability maps, ``details.train_time_s`` the sum of the epoch times;
+both add up over resumes),
 ``history.csv`` (``epoch,loss,pixel_accuracy,val_loss,val_pixel_accuracy,time_s``, one
 row per finished epoch), ``best.weights.h5`` (lowest validation loss),
 ``last.weights.h5`` and ``last.optimizer.npz`` (for ``--resume``), and after training
@@ -14,10 +15,9 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import platform
 import sys
 import time
-from importlib import metadata
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -25,34 +25,55 @@ import numpy as np
 
 from data import Dataset
 from data.cli import add_dataset_arguments, make_parser, open_dataset, run_cli
-from data.outputs import write_csv, write_json
+from data.errors import MscsegError
+from data.run_record import HISTORY_CSV, RUN_JSON, RunRecord, check_resume, read_record
 
 from .errors import SemsegError
 from .registry import TENSORFLOW_HINT, check_image_size, get_entry
 
 HISTORY_COLUMNS = ["epoch", "loss", "pixel_accuracy", "val_loss", "val_pixel_accuracy", "time_s"]
-RUN_FILES = ("run.json", "history.csv", "best.weights.h5", "last.weights.h5", "last.optimizer.npz")
-RESUME_KEYS = ("model", "image_size", "batch_size", "encoder_weights", "augment", "mixed_precision", "seed",
-               "model_options", "train", "val")
+RUN_FILES = (RUN_JSON, HISTORY_CSV, "best.weights.h5", "last.weights.h5", "last.optimizer.npz")
+RESUME_KEYS = ("model", "image_size", "batch_size", "encoder_weights", "augment", "mixed_precision", "seed", "model_options")
 
 
-def _versions() -> dict[str, str]:
-    versions = {"python": platform.python_version()}
-    for package in ("tensorflow", "tensorflow-cpu", "keras", "numpy", "segmentation-models", "mscseg"):
-        try:
-            versions[package] = metadata.version(package)
-        except metadata.PackageNotFoundError:
-            pass
-    return versions
+@dataclass
+class TrainSettings:
+    """The recipe of one semantic training run (recorded in run.json's ``settings``)."""
 
+    model: str
+    image_size: int = 256
+    epochs: int = 100
+    batch_size: int = 8
+    encoder_weights: Any = "imagenet"
+    augment: bool = True
+    mixed_precision: bool = False
+    seed: int = 0
+    model_options: dict = field(default_factory=dict)
 
-def _read_json(path: Path) -> dict:
-    import json
+    def checked(self) -> "TrainSettings":
+        """A copy with checked values; ``SemsegError`` for an unknown model, size, epochs or batch size."""
+        get_entry(self.model)
+        size = check_image_size(self.image_size)
+        if int(self.epochs) != self.epochs or self.epochs < 1:
+            raise SemsegError(f"epochs must be a positive integer, got {self.epochs}")
+        if int(self.batch_size) != self.batch_size or self.batch_size < 1:
+            raise SemsegError(f"batch size must be a positive integer, got {self.batch_size}")
+        return replace(self, image_size=size, epochs=int(self.epochs), batch_size=int(self.batch_size),
+                       seed=int(self.seed), augment=bool(self.augment), mixed_precision=bool(self.mixed_precision),
+                       model_options=dict(self.model_options or {}))
 
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError) as error:
-        raise SemsegError(f"{path}: cannot read the run record ({error}); pass --overwrite to start again") from None
+    def to_record(self) -> dict:
+        from .pipeline import Augmentation
+
+        entry = get_entry(self.model)
+        return {
+            **asdict(self),
+            "encoder_weights": "none" if self.encoder_weights is None else str(self.encoder_weights),
+            "target": entry.target,
+            "augmentation": Augmentation().to_dict() if self.augment else None,
+            "loss": "model's own" if entry.compiles_itself else "binary_crossentropy",
+            "optimizer": "Adam (tf.keras.optimizers.legacy.Adam, Keras defaults: learning rate 0.001, betas 0.9/0.999, epsilon 1e-7)",
+        }
 
 
 def _check_split(split: dict, dataset: Dataset, split_path: str | Path | None) -> tuple[list[str], list[str]]:
@@ -68,66 +89,31 @@ def _check_split(split: dict, dataset: Dataset, split_path: str | Path | None) -
     return train, val
 
 
-def _settings(model_name: str, dataset: Dataset, split: dict, train: list[str], val: list[str], image_size: int,
-              epochs: int, batch_size: int, encoder_weights: Any, augment: bool, mixed_precision: bool, seed: int,
-              split_path: str | None, model_options: dict) -> dict:
-    from .pipeline import Augmentation
-
-    return {
-        "model": model_name,
-        "target": get_entry(model_name).target,
-        "image_size": image_size,
-        "epochs": epochs,
-        "batch_size": batch_size,
-        "encoder_weights": "none" if encoder_weights is None else str(encoder_weights),
-        "augment": bool(augment),
-        "augmentation": Augmentation().to_dict() if augment else None,
-        "mixed_precision": bool(mixed_precision),
-        "seed": int(seed),
-        "model_options": dict(model_options),
-        "loss": "model's own" if get_entry(model_name).compiles_itself else "binary_crossentropy",
-        "optimizer": "Adam (tf.keras.optimizers.legacy.Adam, Keras defaults: learning rate 0.001, betas 0.9/0.999, epsilon 1e-7)",
-        "dataset": {"root": dataset.root, "format": dataset.format},
-        "split_path": None if split_path is None else str(split_path),
-        "split_seed": split.get("seed"),
-        "train": train,
-        "val": val,
-    }
-
-
-def _mismatches(previous: dict, current: dict) -> list[str]:
-    return [key for key in RESUME_KEYS if previous.get(key) != current.get(key)]
-
-
-def _check_out_dir(out_dir: Path, settings: dict, resume: bool, overwrite: bool) -> dict | None:
-    """The previous run record to resume from (or None to start fresh); ``SemsegError`` when the folder is in the way."""
-    run_path = out_dir / "run.json"
-    if not run_path.is_file():
+def load_or_resume_record(out_dir: Path, settings: TrainSettings, split_record: dict, resume: bool,
+                          overwrite: bool) -> RunRecord | None:
+    """The run to continue (``resume``: same settings and split), or None to start fresh; refuses to overwrite."""
+    if not (out_dir / RUN_JSON).is_file():
         if not overwrite and out_dir.is_dir() and any(out_dir.iterdir()):
             raise SemsegError(f"{out_dir}: folder is not empty and holds no training run; choose another --out or pass --overwrite")
         return None
-    previous = _read_json(run_path)
+    try:
+        previous = read_record(out_dir)
+    except MscsegError as error:
+        raise SemsegError(f"{error}; pass --overwrite to start again") from None
     if overwrite:
         return None
-    status = previous.get("status", "unknown")
     if not resume:
-        if status == "finished":
-            raise SemsegError(f"{out_dir}: holds a finished {previous.get('model')} run; pass --overwrite to replace it (nothing was written)")
-        raise SemsegError(f"{out_dir}: holds an unfinished run ({previous.get('epochs_done', 0)} of {previous.get('epochs')} epochs, "
-                          f"status {status}); pass --resume to continue it or --overwrite to start again")
-    differing = _mismatches(previous, settings)
-    if differing:
-        details = ", ".join(f"{key}: {_short(previous.get(key))} -> {_short(settings.get(key))}" for key in differing)
-        raise SemsegError(f"{out_dir}: cannot resume, the run was made with other settings ({details}); "
-                          "use the same settings, another --out, or --overwrite")
-    if previous.get("epochs_done", 0) > 0 and not (out_dir / "last.weights.h5").is_file():
+        if previous.status == "finished":
+            raise SemsegError(f"{out_dir}: holds a finished {previous.model} run; pass --overwrite to replace it (nothing was written)")
+        raise SemsegError(f"{out_dir}: holds an unfinished run ({previous.epochs_done} of {previous.epochs} epochs, "
+                          f"status {previous.status}); pass --resume to continue it or --overwrite to start again")
+    try:
+        check_resume(previous, settings.to_record(), RESUME_KEYS, split_record, out_dir / RUN_JSON)
+    except MscsegError as error:
+        raise SemsegError(error.problem, error.path) from None
+    if previous.epochs_done > 0 and not (out_dir / "last.weights.h5").is_file():
         raise SemsegError(f"{out_dir / 'last.weights.h5'}: missing, cannot resume; pass --overwrite to start again")
     return previous
-
-
-def _short(value: Any) -> str:
-    text = repr(value) if not isinstance(value, list) else f"[{len(value)} names]"
-    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def _remove_previous(out_dir: Path) -> None:
@@ -164,16 +150,30 @@ def _save_optimizer(optimizer: Any, path: Path) -> None:
     os.replace(partial, path)
 
 
-def _restore_optimizer(model: Any, path: Path) -> bool:
+def build_optimizer_state(optimizer: Any, variables: list) -> None:
+    """Create the optimiser's slot variables for ``variables`` through public API only.
+
+    Keras 3-style optimisers have ``build(variables)``; the legacy ones (TF 2.15, tf-keras) get
+    one step with zero gradients, which creates the slots in the order ``fit`` would and,
+    with zero moments, leaves every weight as it is.
+    """
+    import tensorflow as tf
+
+    inner = getattr(optimizer, "inner_optimizer", optimizer)
+    legacy = getattr(getattr(tf.keras.optimizers, "legacy", None), "Optimizer", ())
+    if hasattr(inner, "build") and not isinstance(inner, legacy):
+        inner.build(variables)
+        return
+    zeros = [tf.zeros_like(variable) for variable in variables]
+    tf.distribute.get_strategy().run(lambda: optimizer.apply_gradients(zip(zeros, variables)))
+
+
+def restore_optimizer(model: Any, path: Path) -> bool:
     """Load Adam's saved state into ``model.optimizer``; False (fresh optimizer) when it does not fit."""
     if not path.is_file():
         return False
     optimizer = model.optimizer
-    inner = getattr(optimizer, "inner_optimizer", optimizer)
-    if hasattr(inner, "_create_all_weights"):
-        inner._create_all_weights(model.trainable_variables)
-    else:
-        inner.build(model.trainable_variables)
+    build_optimizer_state(optimizer, model.trainable_variables)
     with np.load(path) as saved:
         values = [saved[f"arr_{i}"] for i in range(len(saved.files))]
     variables = _optimizer_variables(optimizer)
@@ -204,11 +204,10 @@ def _history_rows(path: Path, epochs_done: int) -> list[dict]:
     return frame[frame["epoch"] <= epochs_done].to_dict("records")
 
 
-def _make_callback(out_dir: Path, record: dict, rows: list[dict], quiet: bool, started: float, wall_before: float) -> Any:
-    import pandas as pd
+def _make_callback(out_dir: Path, record: RunRecord, rows: list[dict], quiet: bool, started: float, wall_before: float) -> Any:
     import tensorflow as tf
 
-    class EpochRecorder(tf.keras.callbacks.Callback):
+    class EpochCheckpoint(tf.keras.callbacks.Callback):
         """Per epoch: history row, last/best weights, optimizer state, run.json; stops on NaN."""
 
         def __init__(self) -> None:
@@ -235,20 +234,20 @@ def _make_callback(out_dir: Path, record: dict, rows: list[dict], quiet: bool, s
             rows.append(row)
             _save_weights(self.model, out_dir / "last.weights.h5")
             _save_optimizer(self.model.optimizer, out_dir / "last.optimizer.npz")
-            best = record.get("best_val_loss")
-            if best is None or row["val_loss"] < best:
+            best_epoch, best_loss = record.best_epoch, record.best_loss
+            if best_loss is None or row["val_loss"] < best_loss:
                 _save_weights(self.model, out_dir / "best.weights.h5")
-                record.update(best_val_loss=row["val_loss"], best_epoch=number)
-            write_csv(out_dir / "history.csv", pd.DataFrame(rows, columns=HISTORY_COLUMNS))
-            record.update(epochs_done=number, wall_time_s=round(wall_before + time.perf_counter() - started, 1),
-                          train_time_s=round(sum(r["time_s"] for r in rows), 1))
-            write_json(out_dir / "run.json", record)
+                best_epoch, best_loss = number, row["val_loss"]
+            record.progress(number, best_epoch, best_loss, wall_before + time.perf_counter() - started,
+                            [r["time_s"] for r in rows])
+            record.details["train_time_s"] = round(sum(r["time_s"] for r in rows), 1)
+            record.write(out_dir, [{column: r.get(column) for column in HISTORY_COLUMNS} for r in rows])
             if quiet:
-                print(f"{record['model']} epoch {number}/{record['epochs']}: loss {row['loss']:.4f} "
+                print(f"{record.model} epoch {number}/{record.epochs}: loss {row['loss']:.4f} "
                       f"pixel_accuracy {row['pixel_accuracy']:.4f} val_loss {row['val_loss']:.4f} "
                       f"val_pixel_accuracy {row['val_pixel_accuracy']:.4f} ({row['time_s']:.1f} s)", flush=True)
 
-    return EpochRecorder()
+    return EpochCheckpoint()
 
 
 def write_probs(model: Any, dataset: Dataset, names: Sequence[str], image_size: int, folder: Path, batch_size: int = 8) -> list[Path]:
@@ -270,140 +269,145 @@ def write_probs(model: Any, dataset: Dataset, names: Sequence[str], image_size: 
     return written
 
 
+def build_compiled_model(settings: TrainSettings, weights_path: Any, out_dir: Path, epochs_done: int) -> tuple[Any, Any]:
+    """(model, strategy): built and compiled in the strategy's scope; resumed weights and Adam state loaded."""
+    import tensorflow as tf
+
+    from .registry import build
+
+    entry = get_entry(settings.model)
+    gpus = tf.config.list_physical_devices("GPU")
+    strategy = tf.distribute.MirroredStrategy() if len(gpus) > 1 else tf.distribute.get_strategy()
+    with strategy.scope():
+        model = build(settings.model, (settings.image_size, settings.image_size, 3), weights_path, **settings.model_options)
+        if entry.compiles_itself:
+            model.compile(optimizer=make_optimizer())
+        else:
+            model.compile(optimizer=make_optimizer(), loss=tf.keras.losses.BinaryCrossentropy(),
+                          metrics=[tf.keras.metrics.BinaryAccuracy(name="pixel_accuracy", threshold=0.5)])
+        _ensure_built(model, settings.image_size)
+        if epochs_done:
+            try:
+                model.load_weights(str(out_dir / "last.weights.h5"))
+            except (ValueError, OSError, KeyError) as error:
+                raise SemsegError(f"{out_dir / 'last.weights.h5'}: cannot be loaded into {settings.model} "
+                                  f"({str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__})") from None
+            if not restore_optimizer(model, out_dir / "last.optimizer.npz"):
+                print(f"{out_dir}: optimizer state not restored; Adam restarts from zero moments", file=sys.stderr)
+    return model, strategy
+
+
+def fit_epochs(model: Any, batches: tuple, settings: TrainSettings, record: RunRecord, out_dir: Path, quiet: bool,
+               started: float, wall_before: float) -> None:
+    """Train from ``record.epochs_done`` to ``settings.epochs``, checkpointing each epoch; NaN and errors are ``SemsegError``."""
+    import tensorflow as tf
+
+    train_batches, val_batches = batches
+    rows = _history_rows(out_dir / HISTORY_CSV, record.epochs_done)
+    checkpoint = _make_callback(out_dir, record, rows, quiet, started, wall_before)
+    try:
+        model.fit(train_batches, validation_data=val_batches, epochs=settings.epochs, initial_epoch=record.epochs_done,
+                  callbacks=[checkpoint], verbose=0 if quiet else 1)
+    except KeyboardInterrupt:
+        record.status = "stopped: interrupted"
+        record.write(out_dir)
+        raise
+    except tf.errors.OpError as error:
+        message = (error.message or str(error)).strip().splitlines()
+        record.status = f"failed: {message[0] if message else type(error).__name__}"
+        record.write(out_dir)
+        raise SemsegError(f"{out_dir}: training failed: {message[0] if message else type(error).__name__}") from None
+    if checkpoint.nan_epoch is not None:
+        record.status = f"stopped: loss became NaN in epoch {checkpoint.nan_epoch}"
+        record.details["nan_epoch"] = checkpoint.nan_epoch
+        record.write(out_dir)
+        last_good = record.epochs_done
+        kept = f"the last good checkpoint (epoch {last_good}) is in last.weights.h5" if last_good else "no epoch finished, no checkpoint"
+        raise SemsegError(f"{out_dir}: loss became NaN in epoch {checkpoint.nan_epoch}; training stopped, {kept}")
+
+
 def train_model(
     model_name: str,
     dataset: Dataset,
     split: dict,
     out_dir: str | Path,
     *,
-    image_size: int = 256,
-    epochs: int = 100,
-    batch_size: int = 8,
-    encoder_weights: Any = "imagenet",
-    augment: bool = True,
     resume: bool = False,
     overwrite: bool = False,
     quiet: bool = False,
-    mixed_precision: bool = False,
-    seed: int = 0,
     split_path: str | Path | None = None,
-    model_options: dict | None = None,
+    **recipe: Any,
 ) -> dict:
     """Train ``model_name`` on ``split["train"]``, validate on ``split["val"]``; returns what run.json holds.
 
-    Binary cross-entropy and Adam (lr 1e-3) unless the model trains itself (Mask R-CNN).
-    ``resume`` continues an unfinished run in ``out_dir`` from its last epoch (same
-    settings required; a finished run is returned as it is, or extended when
-    ``epochs`` is larger; an empty or missing ``out_dir`` starts a new run);
-    ``overwrite`` replaces a previous run. Bad settings, data or weights fail before
-    anything is written. A NaN loss stops
-    training with ``SemsegError`` naming the epoch; the last good checkpoint stays.
+    ``recipe``: the fields of ``TrainSettings`` (image_size, epochs, batch_size, encoder_weights,
+    augment, mixed_precision, seed, model_options). Binary cross-entropy and Adam (lr 1e-3)
+    unless the model trains itself (Mask R-CNN). ``resume`` continues an unfinished run in
+    ``out_dir`` from its last epoch (same settings and split required; a finished run is
+    returned as it is, or extended when ``epochs`` is larger; an empty or missing ``out_dir``
+    starts a new run); ``overwrite`` replaces a previous run. Bad settings, data or weights
+    fail before anything is written. A NaN loss stops training with ``SemsegError`` naming
+    the epoch; the last good checkpoint stays.
     """
-    entry = get_entry(model_name)
     try:
         import tensorflow as tf
     except ImportError:
         raise SemsegError(TENSORFLOW_HINT) from None
-    image_size = check_image_size(image_size)
-    if int(epochs) != epochs or epochs < 1:
-        raise SemsegError(f"epochs must be a positive integer, got {epochs}")
-    if int(batch_size) != batch_size or batch_size < 1:
-        raise SemsegError(f"batch size must be a positive integer, got {batch_size}")
+    try:
+        settings = TrainSettings(model_name, **recipe).checked()
+    except TypeError as error:
+        raise SemsegError(f"unknown training setting ({error})") from None
     train, val = _check_split(split, dataset, split_path)
     out_dir = Path(out_dir)
-    options = dict(model_options or {})
-    settings = _settings(model_name, dataset, split, train, val, image_size, int(epochs), int(batch_size), encoder_weights,
-                         augment, mixed_precision, seed, None if split_path is None else str(split_path), options)
-    previous = _check_out_dir(out_dir, settings, resume, overwrite)
+    split_record = {"path": None if split_path is None else str(split_path), "seed": split.get("seed"), "train": train, "val": val}
+    previous = load_or_resume_record(out_dir, settings, split_record, resume, overwrite)
     started = time.perf_counter()
-    wall_before = float(previous.get("wall_time_s", 0.0)) if previous else 0.0
-    epochs_done = int(previous.get("epochs_done", 0)) if previous else 0
-    if previous and previous.get("status") == "finished" and epochs_done >= epochs:
+    if previous and previous.status == "finished" and previous.epochs_done >= settings.epochs:
         if not quiet:
-            print(f"{out_dir}: {model_name} already finished {epochs_done} epochs; nothing to resume")
-        return previous
+            print(f"{out_dir}: {model_name} already finished {previous.epochs_done} epochs; nothing to resume")
+        return previous.to_dict()
+    epochs_done = previous.epochs_done if previous else 0
 
     from .weights import keras_application_weights
 
-    weights_path = keras_application_weights(entry.encoder, encoder_weights) if epochs_done == 0 else None
-    from .pipeline import evaluation_dataset, source_dataset, training_dataset
-
-    tf.keras.utils.set_random_seed(int(seed))
+    weights_path = keras_application_weights(get_entry(model_name).encoder, settings.encoder_weights) if epochs_done == 0 else None
+    tf.keras.utils.set_random_seed(settings.seed)
     previous_policy = tf.keras.mixed_precision.global_policy()
-    if mixed_precision:
+    if settings.mixed_precision:
         tf.keras.mixed_precision.set_global_policy("mixed_float16")
     try:
-        train_source, cached = source_dataset(dataset, train, image_size, entry.target, shuffle_seed=int(seed))
-        val_source, _ = source_dataset(dataset, val, image_size, entry.target)
-        train_batches = training_dataset(train_source, len(train) if cached else min(len(train), 64), int(batch_size),
-                                         augment, int(seed))
-        val_batches = evaluation_dataset(val_source, int(batch_size))
-
-        gpus = tf.config.list_physical_devices("GPU")
-        strategy = tf.distribute.MirroredStrategy() if len(gpus) > 1 else tf.distribute.get_strategy()
-        with strategy.scope():
-            from .registry import build
-
-            model = build(model_name, (image_size, image_size, 3), weights_path, **options)
-            if entry.compiles_itself:
-                model.compile(optimizer=make_optimizer())
-            else:
-                model.compile(optimizer=make_optimizer(), loss=tf.keras.losses.BinaryCrossentropy(),
-                              metrics=[tf.keras.metrics.BinaryAccuracy(name="pixel_accuracy", threshold=0.5)])
-            _ensure_built(model, image_size)
-            if epochs_done:
-                try:
-                    model.load_weights(str(out_dir / "last.weights.h5"))
-                except (ValueError, OSError, KeyError) as error:
-                    raise SemsegError(f"{out_dir / 'last.weights.h5'}: cannot be loaded into {model_name} "
-                                      f"({str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__})") from None
-                if not _restore_optimizer(model, out_dir / "last.optimizer.npz"):
-                    print(f"{out_dir}: optimizer state not restored; Adam restarts from zero moments", file=sys.stderr)
-
+        batches, cached = _batches(dataset, train, val, settings)
+        model, strategy = build_compiled_model(settings, weights_path, out_dir, epochs_done)
         if overwrite:
             _remove_previous(out_dir)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        record = dict(previous) if previous else {}
-        record.update(settings)
-        record.update(
-            status="running", epochs_done=epochs_done, best_epoch=record.get("best_epoch"),
-            best_val_loss=record.get("best_val_loss"), wall_time_s=wall_before,
-            versions=_versions(), devices={"gpus": len(gpus), "replicas": strategy.num_replicas_in_sync,
-                                           "strategy": type(strategy).__name__},
-            data_cached_in_memory=cached, out_dir=str(out_dir), parameters=int(model.count_params()),
-            started_at=record.get("started_at") or time.strftime("%Y-%m-%dT%H:%M:%S"),
-        )
-        write_json(out_dir / "run.json", record)
-
-        rows = _history_rows(out_dir / "history.csv", epochs_done)
-        recorder = _make_callback(out_dir, record, rows, quiet, started, wall_before)
-        try:
-            model.fit(train_batches, validation_data=val_batches, epochs=int(epochs), initial_epoch=epochs_done,
-                      callbacks=[recorder], verbose=0 if quiet else 1)
-        except KeyboardInterrupt:
-            record.update(status="interrupted")
-            write_json(out_dir / "run.json", record)
-            raise
-        except tf.errors.OpError as error:
-            record.update(status="failed")
-            write_json(out_dir / "run.json", record)
-            message = (error.message or str(error)).strip().splitlines()
-            raise SemsegError(f"{out_dir}: training failed: {message[0] if message else type(error).__name__}") from None
-        if recorder.nan_epoch is not None:
-            record.update(status="stopped_nan", nan_epoch=recorder.nan_epoch)
-            write_json(out_dir / "run.json", record)
-            last_good = record.get("epochs_done", 0)
-            kept = f"the last good checkpoint (epoch {last_good}) is in last.weights.h5" if last_good else "no epoch finished, no checkpoint"
-            raise SemsegError(f"{out_dir}: loss became NaN in epoch {recorder.nan_epoch}; training stopped, {kept}")
-
+        record = previous or RunRecord("keras", model_name, {}, split_record)
+        record.settings, record.split, record.epochs, record.status = settings.to_record(), split_record, settings.epochs, "running"
+        record.details.update(devices={"gpus": len(tf.config.list_physical_devices("GPU")), "strategy": type(strategy).__name__,
+                                       "replicas": strategy.num_replicas_in_sync},
+                              data_cached_in_memory=cached, parameters=int(model.count_params()))
+        record.write(out_dir)
+        wall_before = record.wall_time_s
+        fit_epochs(model, batches, settings, record, out_dir, quiet, started, wall_before)
         model.load_weights(str(out_dir / "best.weights.h5"))
-        probs = write_probs(model, dataset, val, image_size, out_dir / "probs", int(batch_size))
-        record.update(status="finished", probs=len(probs), finished_at=time.strftime("%Y-%m-%dT%H:%M:%S"),
-                      wall_time_s=round(wall_before + time.perf_counter() - started, 1))
-        write_json(out_dir / "run.json", record)
-        return record
+        probs = write_probs(model, dataset, val, settings.image_size, out_dir / "probs", settings.batch_size)
+        record.details["probs"] = len(probs)
+        record.status, record.wall_time_s = "finished", round(wall_before + time.perf_counter() - started, 1)
+        record.write(out_dir)
+        return record.to_dict()
     finally:
         tf.keras.mixed_precision.set_global_policy(previous_policy)
+
+
+def _batches(dataset: Dataset, train: list[str], val: list[str], settings: TrainSettings) -> tuple[tuple, bool]:
+    """((training batches, validation batches), whether the training images are cached in memory)."""
+    from .pipeline import evaluation_dataset, source_dataset, training_dataset
+
+    target = get_entry(settings.model).target
+    train_source, cached = source_dataset(dataset, train, settings.image_size, target, shuffle_seed=settings.seed)
+    val_source, _ = source_dataset(dataset, val, settings.image_size, target)
+    train_batches = training_dataset(train_source, len(train) if cached else min(len(train), 64), settings.batch_size,
+                                     settings.augment, settings.seed)
+    return (train_batches, evaluation_dataset(val_source, settings.batch_size)), cached
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -440,7 +444,7 @@ def _main(argv: Sequence[str] | None = None) -> int:
         resume=args.resume, overwrite=args.overwrite, quiet=args.quiet, mixed_precision=args.mixed_precision,
         seed=args.seed, split_path=args.split,
     )
-    print(f"{args.model}: best epoch {result.get('best_epoch')} (val_loss {result.get('best_val_loss'):.4f}), "
+    print(f"{args.model}: best epoch {result.get('best_epoch')} (val_loss {result.get('best_loss')}), "
           f"{result.get('wall_time_s')} s -> {args.out}")
     return 0
 

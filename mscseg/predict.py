@@ -53,6 +53,7 @@ import pandas as pd
 from data.cli import make_parser, run_cli
 
 from .errors import RunError
+from .layout import Layout, run_json
 
 CELL_COLUMNS = ["image", "cell", "area_px", "perimeter_px", "major_axis_px", "minor_axis_px", "elongation",
                 "centroid_x", "centroid_y", "score"]
@@ -106,7 +107,7 @@ class LoadedModel:
 
 def run_kind(run_dir: Path) -> str:
     """"semantic" (Keras run: *.weights.h5) or "instance" (torch Mask R-CNN run: *.pt)."""
-    if not (run_dir / "run.json").is_file():
+    if not run_json(run_dir).is_file():
         raise RunError(f"{run_dir}: not a training run folder (run.json missing); give semantic/<model>/ or instance/maskrcnn/")
     if (run_dir / "best.pt").is_file() or (run_dir / "last.pt").is_file():
         return "instance"
@@ -133,7 +134,7 @@ def load_model(run_dir: str | Path, which: str = "best", device: str | None = No
 def default_threshold(loaded: LoadedModel) -> tuple[float, str]:
     """(threshold, where it came from): the sweep's Dice-optimal threshold next to a semantic run, else 0.5."""
     if loaded.kind == "semantic":
-        table1 = loaded.run_dir.parent / "sweep" / "table1.csv"
+        table1 = Layout.of_semantic_run(loaded.run_dir).sweep_table("table1")
         if table1.is_file():
             frame = pd.read_csv(table1, dtype={"model": str})
             rows = frame[frame["model"] == loaded.name]
@@ -386,7 +387,7 @@ def predict_folder(
 
     with staged_outputs(out_dir) as stage:
         table = _predict_into(stage, loaded, named, threshold, scale, tile_size, overlap_px, min_area, device, quiet)
-        from .run import library_versions
+        from data.run_record import library_versions
 
         write_json(stage / "predict.json", {
             "model_dir": str(Path(run_dir).resolve()), "kind": loaded.kind, "model": loaded.name, "weights": which,

@@ -12,7 +12,7 @@ import html
 import json
 import sys
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import pandas as pd
 
@@ -22,15 +22,19 @@ from keras_semseg.sweep import METRIC_LABELS as SWEEP_METRIC_LABELS, METRIC_SHOR
 from torch_instseg.names import METHOD_LABELS, sam_method
 
 from .errors import RunError
+if TYPE_CHECKING:
+    from data.run_record import RunRecord
+
+from .layout import INSTANCE_FIGURE, SEMANTIC_FIGURES, STUDIES, Layout
 
 PUBLISHED_DIR = Path(__file__).resolve().parent / "published"
 METRIC_LABELS = {**SWEEP_METRIC_LABELS, "ap": "AP"}
 FIGURES = (
-    ("fig1", "Figure 1 (semantic)", "Loss and pixel accuracy per epoch, training and validation, per model."),
-    ("fig2", "Figure 2 (semantic)", "Mean metric over the validation images against the threshold (band: +-1 sd); optimum marked."),
-    ("fig3", "Figure 3 (semantic)", "Per-image scores at each model's optimal threshold with post hoc significance brackets."),
-    ("fig4", "Figure 4 (semantic)", "Validation images, ground truth, and each model's mask at its Dice-optimal threshold."),
-    ("instance", "Instance figure", "Micrograph, ground truth, Mask R-CNN and SAM masks per validation image."),
+    (SEMANTIC_FIGURES[0], "Figure 1 (semantic)", "Loss and pixel accuracy per epoch, training and validation, per model."),
+    (SEMANTIC_FIGURES[1], "Figure 2 (semantic)", "Mean metric over the validation images against the threshold (band: +-1 sd); optimum marked."),
+    (SEMANTIC_FIGURES[2], "Figure 3 (semantic)", "Per-image scores at each model's optimal threshold with post hoc significance brackets."),
+    (SEMANTIC_FIGURES[3], "Figure 4 (semantic)", "Validation images, ground truth, and each model's mask at its Dice-optimal threshold."),
+    (INSTANCE_FIGURE, "Instance figure", "Micrograph, ground truth, Mask R-CNN and SAM masks per validation image."),
 )
 
 CSS = """
@@ -140,14 +144,15 @@ def _banner(settings: dict) -> str:
     )
 
 
-def _status_section(root: Path, steps: list[str]) -> str:
+def _status_section(layout: Layout, steps: list[str]) -> str:
+    root = layout.root
     if not steps:
-        steps = [p.stem for p in sorted((root / ".stamps").glob("*.json"))]
+        steps = [p.stem for p in sorted(layout.stamps.glob("*.json"))]
     if not steps:
         return _missing("step status")
     rows = []
     for name in steps:
-        stamp = _read_json(root / ".stamps" / f"{name}.json") or {}
+        stamp = _read_json(layout.stamp(name)) or {}
         status = stamp.get("status", "not run")
         if name == "report":
             status = "this page"
@@ -188,11 +193,11 @@ def _settings_section(config: dict) -> str:
             f"<h3>Settings (config.json)</h3><pre>{_e(text)}</pre>")
 
 
-def _data_section(root: Path) -> str:
+def _data_section(layout: Layout) -> str:
     parts = []
-    for study in ("semantic", "instance"):
-        frame = _read_csv(root / "data" / f"summary_{study}.csv")
-        split = _read_json(root / ("split.json" if study == "semantic" else "instance/split.json"))
+    for study in STUDIES:
+        frame = _read_csv(layout.data_summary(study))
+        split = _read_json(layout.split_json(study))
         if frame is None:
             continue
         sizes = sorted({f"{w}x{h}" for w, h in zip(frame["width"], frame["height"])})
@@ -224,50 +229,63 @@ def table1_comparison(ours: pd.DataFrame, published: pd.DataFrame) -> pd.DataFra
     return pd.DataFrame(rows)
 
 
-def _training_times(root: Path, models: list[str]) -> pd.DataFrame | None:
+def _read_run(run_dir: Path) -> RunRecord | None:
+    """The run record of a training run folder (None when missing or unreadable)."""
+    from data.errors import MscsegError
+    from data.run_record import read_record
+
+    try:
+        return read_record(run_dir)
+    except MscsegError:
+        return None
+
+
+def _training_times(layout: Layout, models: list[str]) -> pd.DataFrame | None:
     published = _read_csv(PUBLISHED_DIR / "training_time.csv")
     rows = []
     for model in models:
-        run = _read_json(root / "semantic" / model / "run.json")
-        if not run:
+        run = _read_run(layout.semantic_model(model))
+        if run is None:
             continue
-        wall = run.get("wall_time_s", run.get("wall_s", run.get("train_time_s")))
-        settings = run.get("settings", run)
         paper = published[published["model"] == model] if published is not None else None
         rows.append({
             "model": MODEL_LABELS.get(model, model),
-            "epochs (this run)": settings.get("epochs", run.get("epochs_done", "?")),
-            "wall time s (this run)": wall if wall is not None else "?",
+            "epochs (this run)": run.epochs_done,
+            "wall time s (this run)": run.wall_time_s,
+            "s per epoch (this run)": run.epoch_time_s_mean if run.epoch_time_s_mean is not None else "n/a",
+            "status": run.status,
             "epochs (paper)": int(paper["epochs"].iloc[0]) if paper is not None and len(paper) else "n/a",
             "wall time s (paper, T4)": int(paper["wall_s"].iloc[0]) if paper is not None and len(paper) else "n/a",
         })
     return pd.DataFrame(rows) if rows else None
 
 
-def _instance_training(root: Path) -> pd.DataFrame | None:
-    run = _read_json(root / "instance" / "maskrcnn" / "run.json")
-    if not run:
-        return None
-    settings = run.get("settings", {})
-    return pd.DataFrame([{
-        "model": "Mask R-CNN (torchvision)", "epochs": run.get("epochs_done", settings.get("epochs", "?")),
-        "best epoch": run.get("best_epoch", "?"), "wall time s": run.get("wall_time_s", "?"),
-        "weights": run.get("weights_source", settings.get("weights", "?")), "device": run.get("device", "?"),
-    }])
+def _instance_training(layout: Layout) -> pd.DataFrame | None:
+    rows = []
+    for label, run_dir in (("Mask R-CNN (torchvision)", layout.maskrcnn), ("SAM fine-tuned", layout.sam_finetune)):
+        run = _read_run(run_dir)
+        if run is None:
+            continue
+        rows.append({
+            "model": label, "epochs": run.epochs_done, "best epoch": run.best_epoch, "wall time s": run.wall_time_s,
+            "s per epoch": run.epoch_time_s_mean if run.epoch_time_s_mean is not None else "n/a", "status": run.status,
+            "weights": run.settings.get("weights", run.details.get("weights_source", "?")),
+            "device": run.details.get("device", "?"),
+        })
+    return pd.DataFrame(rows) if rows else None
 
 
-def _semantic_section(root: Path, models: list[str]) -> str:
-    sweep = root / "semantic" / "sweep"
+def _semantic_section(layout: Layout, models: list[str]) -> str:
     parts = []
-    ours = _read_csv(sweep / "table1.csv")
+    ours = _read_csv(layout.sweep_table("table1"))
     published = _read_csv(PUBLISHED_DIR / "table1.csv")
     parts.append("<h3>Table 1: mean ± sd over the validation images at each model's Dice-optimal threshold</h3>")
     if ours is not None and published is not None:
         parts.append(table_html(table1_comparison(ours, published)))
         parts.append('<p class="muted">Paper: 64 validation images of human MSC micrographs (Solopov et al. 2025, Table 1).</p>')
     else:
-        parts.append(_missing("Table 1 (semantic/sweep/table1.csv)"))
-    optimal = _read_csv(sweep / "optimal.csv")
+        parts.append(_missing(f"Table 1 ({layout.sweep_table('table1').relative_to(layout.root).as_posix()})"))
+    optimal = _read_csv(layout.sweep_table("optimal"))
     paper_optimal = _read_csv(PUBLISHED_DIR / "optimal_thresholds.csv")
     if optimal is not None:
         merged = optimal.rename(columns={"threshold": "threshold (this run)", "mean": "mean at threshold", "std": "sd"})
@@ -276,19 +294,20 @@ def _semantic_section(root: Path, models: list[str]) -> str:
                                   on=["model", "metric"], how="left")
         merged["model"] = merged["model"].map(lambda m: MODEL_LABELS.get(m, m))
         parts.append("<h3>Optimal thresholds per model and metric</h3>" + table_html(merged))
-    times = _training_times(root, models)
+    times = _training_times(layout, models)
     if times is not None:
         parts.append("<h3>Training time</h3>" + table_html(times, 1))
-    parts.append("<h3>Statistics</h3>" + _stats_html(root / "semantic" / "stats"))
+    parts.append("<h3>Statistics</h3>" + _stats_html(layout, "semantic"))
     return "".join(parts)
 
 
-def _stats_html(folder: Path) -> str:
-    tests = _read_csv(folder / "tests.csv")
+def _stats_html(layout: Layout, study: str) -> str:
+    folder = layout.stats(study)
+    tests = _read_csv(layout.stats_table(study, "tests"))
     if tests is None:
-        return _missing(f"statistics ({folder.name})")
+        return _missing(f"statistics ({folder.relative_to(layout.root).as_posix()})")
     parts = ["<p>Omnibus tests (Shapiro-Wilk per model, Levene, Friedman):</p>", table_html(tests, 4)]
-    summary = _read_csv(folder / "summary.csv")
+    summary = _read_csv(layout.stats_table(study, "summary"))
     if summary is not None:
         parts.append("<p>Per-model summary of the paired scores:</p>" + table_html(summary, 4))
     matrices = sorted(p for p in folder.glob("*_*.csv") if p.stem.split("_", 1)[0] in ("dunn", "conover", "wilcoxon"))
@@ -304,15 +323,15 @@ def _stats_html(folder: Path) -> str:
                 frame["model"] = frame["model"].map(lambda m: MODEL_LABELS.get(m, METHOD_LABELS.get(m, m)))
             parts.append(f"<div><b>{_e(test)}</b>, {_e(METRIC_LABELS.get(metric, metric))}{table_html(frame, 4)}</div>")
         parts.append("</div>")
-    notes = folder / "notes.txt"
+    notes = layout.stats_notes(study)
     if notes.is_file():
         parts.append(f"<details><summary>Notes on the tests</summary><pre>{_e(notes.read_text())}</pre></details>")
     return "".join(parts)
 
 
-def _instance_section(root: Path) -> str:
+def _instance_section(layout: Layout) -> str:
     parts = ["<h3>Instance table: this run</h3>"]
-    ours = _read_csv(root / "instance" / "instance_table.csv")
+    ours = _read_csv(layout.instance_table)
     if ours is not None:
         shown = ours.copy()
         if "method" in shown.columns:
@@ -323,40 +342,41 @@ def _instance_section(root: Path) -> str:
         parts.append('<p class="muted">mAP over IoU 0.50:0.05:0.95; 11-point = the paper\'s interpolation, '
                      "101-point = pycocotools. max_dets = detections kept per image.</p>")
     else:
-        parts.append(_missing("instance table (instance/instance_table.csv)"))
+        parts.append(_missing(f"instance table ({layout.instance_table.relative_to(layout.root).as_posix()})"))
     published = _read_csv(PUBLISHED_DIR / "instance_table.csv")
     if published is not None:
         shown = published.drop(columns=["source"]).copy()
         shown["method"] = shown["method"].map(lambda m: {"sam": METHOD_LABELS[sam_method("box")]}.get(m, METHOD_LABELS.get(m, m)))
         parts.append("<h3>Instance table: the paper</h3>" + table_html(shown))
-    training = _instance_training(root)
+    training = _instance_training(layout)
     if training is not None:
-        parts.append("<h3>Mask R-CNN training</h3>" + table_html(training, 1))
-    meta = _read_json(root / "instance" / "predictions" / "sam_box.meta.json")
+        parts.append("<h3>Training</h3>" + table_html(training, 1))
+    meta = _read_json(layout.prediction_meta("sam_box"))
     if meta:
         parts.append(f'<p class="muted">SAM: variant {_e(meta.get("variant"))}, checkpoint {_e(meta.get("checkpoint"))}, '
                      f'masks ranked by {_e(meta.get("score_source_meaning", meta.get("score_source")))}.</p>')
-    parts.append("<h3>Statistics of per-image AP</h3>" + _stats_html(root / "instance" / "stats"))
+    parts.append("<h3>Statistics of per-image AP</h3>" + _stats_html(layout, "instance"))
     return "".join(parts)
 
 
-def _figures_section(root: Path) -> str:
+def _figures_section(layout: Layout) -> str:
     parts = []
     for stem, title, caption in FIGURES:
-        path = root / "figures" / f"{stem}.png"
+        path, pdf_path = layout.figure(stem, "png"), layout.figure(stem, "pdf")
         if path.is_file():
-            pdf = f' <a href="figures/{stem}.pdf">PDF</a>' if (root / "figures" / f"{stem}.pdf").is_file() else ""
+            pdf = f' <a href="{_e(pdf_path.relative_to(layout.root).as_posix())}">PDF</a>' if pdf_path.is_file() else ""
             parts.append(f"<figure id='{stem}'>{image_html(path, title)}<figcaption><b>{_e(title)}.</b> "
                          f"{_e(caption)}{pdf}</figcaption></figure>")
         else:
-            parts.append(f"<h3>{_e(title)}</h3>" + _missing(f"figures/{stem}.png"))
+            parts.append(f"<h3>{_e(title)}</h3>" + _missing(path.relative_to(layout.root).as_posix()))
     return "".join(parts)
 
 
 def csv_files(root: Path) -> list[Path]:
     """Every CSV in the results folder (not the synthetic data), relative to ``root``."""
+    stamps = Layout(root).stamps.name
     return sorted(p.relative_to(root) for p in root.rglob("*.csv")
-                  if ".stamps" not in p.parts and not p.name.endswith(".partial"))
+                  if stamps not in p.parts and not p.name.endswith(".partial"))
 
 
 def _files_section(root: Path) -> str:
@@ -371,25 +391,26 @@ def _files_section(root: Path) -> str:
 
 def render_report(root: str | Path) -> str:
     """The report's HTML text for the results folder ``root``."""
-    root = Path(root)
-    config = _read_json(root / "config.json")
+    layout = Layout(Path(root))
+    root = layout.root
+    config = _read_json(layout.config_json)
     if config is None:
-        raise RunError(f"{root / 'config.json'}: not found; this is not a results folder of mscseg-run")
+        raise RunError("not found; this is not a results folder of mscseg-run", layout.config_json)
     settings = config.get("settings", {})
     name = settings.get("name", root.name)
     written = _dt.datetime.now().astimezone().isoformat(timespec="seconds")
     semantic_on = settings.get("semantic", {}).get("enabled", True)
     instance_on = settings.get("instance", {}).get("enabled", True)
     sections = [
-        ("status", "Steps", _status_section(root, list(config.get("steps", [])))),
-        ("data", "Data", _data_section(root)),
+        ("status", "Steps", _status_section(layout, list(config.get("steps", [])))),
+        ("data", "Data", _data_section(layout)),
     ]
     if semantic_on:
-        sections.append(("semantic", "Study A: semantic segmentation (4 models)", _semantic_section(root, list(settings.get("semantic", {}).get("models", [])))))
+        sections.append(("semantic", "Study A: semantic segmentation (4 models)", _semantic_section(layout, list(settings.get("semantic", {}).get("models", [])))))
     if instance_on:
-        sections.append(("instance", "Study B: instance segmentation (Mask R-CNN vs SAM)", _instance_section(root)))
+        sections.append(("instance", "Study B: instance segmentation (Mask R-CNN vs SAM)", _instance_section(layout)))
     sections += [
-        ("figures", "Figures", _figures_section(root)),
+        ("figures", "Figures", _figures_section(layout)),
         ("files", "Result files (CSV)", _files_section(root)),
         ("settings", "Settings and versions", _settings_section(config)),
     ]
@@ -410,7 +431,7 @@ def write_report(root: str | Path, out: str | Path | None = None) -> Path:
     from data.outputs import atomic_write_text
 
     root = Path(root)
-    path = Path(out) if out is not None else root / "report.html"
+    path = Path(out) if out is not None else Layout(root).report
     return atomic_write_text(path, render_report(root))
 
 

@@ -1,332 +1,115 @@
 """Run both studies end to end as ordered steps with stamps (``python -m mscseg.run``, ``mscseg-run``).
 
-Steps (in order; a study that is disabled in the config has none):
+Steps (in order; a study that is disabled in the config has none; declared in ``mscseg.steps``):
 
     data                    synthetic data written (or the dataset read and checked), data/summary_<study>.csv
     split                   split.json (semantic) and instance/split.json
-    semantic_train_<model>  semantic/<model>/ (one per model in the config)
+    semantic_train_<model>  semantic/<model>/ (one per model in the config; TensorFlow, own subprocess)
     semantic_sweep          semantic/masks/ (validation masks), semantic/sweep/
     semantic_stats          semantic/stats/
     semantic_figures        figures/fig1..fig4
-    instance_train          instance/maskrcnn/
-    instance_predict        instance/predictions/gt.json, maskrcnn.json
-    instance_sam            instance/predictions/sam_<mode>.json
+    instance_train          instance/maskrcnn/ (torch, own subprocess)
+    instance_predict        instance/predictions/gt.json, maskrcnn.json (torch, own subprocess)
+    instance_sam            instance/predictions/sam_<mode>.json (torch, own subprocess)
     instance_eval           instance/eval/<method>/<interpolation>/
     instance_table          instance/instance_table.csv
     instance_stats          instance/stats/
     instance_figures        figures/instance
     report                  report.html
 
-Each step writes ``.stamps/<step>.json`` (the settings it ran with and the stamps of the
-steps it read) and ``logs/<step>.log`` (everything it printed). On a new run:
+Each step writes ``.stamps/<step>.json`` (its stamp: a hash of the settings it reads and of
+its inputs' stamps, and the run ids of its inputs) and ``logs/<step>.log`` (everything it
+printed). On a new run:
 
 - a step whose stamp matches its settings and inputs is skipped (up to date);
 - a step stopped part-way resumes (training continues from its last saved epoch);
-- a step whose settings changed, or whose inputs were remade, would replace finished
-  outputs: the run stops before doing anything and names those steps. Pass
+- a step whose settings changed, or whose inputs changed or are remade, would replace
+  finished outputs: the run stops before doing anything and names every such step. Pass
   ``--overwrite`` to rerun them, or ``--out NEW_FOLDER`` to keep the old results.
 
+A step that needs TensorFlow or torch runs in a subprocess of its own (``python -m mscseg.step``):
+the two frameworks never share a process, and each model's memory is returned when its step ends.
 ``report.html`` is a view of the results, remade whenever it is out of date.
-Exit status: 0 done, 2 bad input or settings, 1 a crash (traceback in the step's log),
-130 interrupted (rerun the same command to resume).
+Exit status: 0 done, 2 bad input or settings, or a step's process killed (crash signal, out of
+memory), 1 a crash (traceback in the step's log), 130 interrupted (rerun the same command to resume).
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
 import datetime as _dt
-import hashlib
+import enum
 import importlib
-import importlib.util
 import json
 import logging
 import os
 import shutil
+import signal
+import subprocess
 import sys
 import time
 import traceback
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence, TextIO
 
-from data.cli import make_parser, run_cli
+from data.cli import make_parser, one_line, run_cli
 from data.errors import MscsegError
 
-from .config import Settings, check_inputs, load_config
+from .config import Settings, check_inputs, from_mapping, load_config
 from .errors import RunError
+from .layout import Layout, run_json
+from .steps import Framework, Step, settings_hash, stamp_hashes
 
-# ---------------------------------------------------------------- results layout
-
-@dataclass
-class Layout:
-    """Paths of one results folder (ARCHITECTURE.md, "Contracts between steps")."""
-
-    root: Path
-
-    @property
-    def config_json(self) -> Path:
-        return self.root / "config.json"
-
-    @property
-    def data(self) -> Path:
-        return self.root / "data"
-
-    def split_json(self, study: str) -> Path:
-        return self.root / "split.json" if study == "semantic" else self.root / "instance" / "split.json"
-
-    @property
-    def semantic(self) -> Path:
-        return self.root / "semantic"
-
-    def semantic_model(self, model: str) -> Path:
-        return self.semantic / model
-
-    @property
-    def semantic_masks(self) -> Path:
-        return self.semantic / "masks"
-
-    @property
-    def sweep(self) -> Path:
-        return self.semantic / "sweep"
-
-    @property
-    def semantic_stats(self) -> Path:
-        return self.semantic / "stats"
-
-    @property
-    def instance(self) -> Path:
-        return self.root / "instance"
-
-    @property
-    def maskrcnn(self) -> Path:
-        return self.instance / "maskrcnn"
-
-    @property
-    def predictions(self) -> Path:
-        return self.instance / "predictions"
-
-    def prediction(self, method: str) -> Path:
-        return self.predictions / f"{method}.json"
-
-    def evaluation(self, method: str, interpolation: int) -> Path:
-        return self.instance / "eval" / method / f"{interpolation}point"
-
-    @property
-    def instance_table(self) -> Path:
-        return self.instance / "instance_table.csv"
-
-    @property
-    def instance_stats(self) -> Path:
-        return self.instance / "stats"
-
-    @property
-    def figures(self) -> Path:
-        return self.root / "figures"
-
-    @property
-    def logs(self) -> Path:
-        return self.root / "logs"
-
-    @property
-    def stamps(self) -> Path:
-        return self.root / ".stamps"
-
-    @property
-    def report(self) -> Path:
-        return self.root / "report.html"
+STEP_FACTORY = "mscseg.steps:build_steps"
+PACKAGE_ROOT = Path(__file__).resolve().parent.parent
+STOP_GRACE_S = 60.0
 
 
-# ---------------------------------------------------------------- steps
-
-@dataclass
-class Context:
-    """What a step's action gets: settings, paths, and how to treat existing outputs."""
-
-    settings: Settings
-    layout: Layout
-    step: str
-    resume: bool = False
-    overwrite: bool = False
-    _datasets: dict = field(default_factory=dict)
-
-    def dataset(self, study: str):
-        """The study's ``data.Dataset`` (synthetic data from the results folder, else the configured path)."""
-        if study not in self._datasets:
-            from data import read_dataset
-
-            spec = getattr(self.settings, study).dataset
-            if spec.synthetic is not None:
-                self._datasets[study] = read_dataset(self.layout.data / study, format="folders")
-            else:
-                self._datasets[study] = read_dataset(spec.path, spec.format, **spec.options)
-        return self._datasets[study]
-
-    def split(self, study: str) -> dict:
-        from data.split import read_split
-
-        return read_split(self.layout.split_json(study), self.dataset(study).names)
-
-    def samples(self, study: str, names: Sequence[str]) -> list:
-        dataset = self.dataset(study)
-        return [dataset.get(name) for name in names]
-
-
-@dataclass
-class Step:
-    """One unit of work: its inputs (``deps``), outputs, the settings it depends on, and the action."""
-
-    name: str
-    study: str
-    deps: tuple[str, ...]
-    outputs: Callable[[Layout], list[Path]]
-    settings: Callable[[Settings], dict]
-    action: Callable[[Context], None]
-    needs: tuple[str, ...] = ()
-    resumable: bool = False
-    derived: bool = False
-
-    def availability(self) -> str:
-        """"" when every function the step calls exists, else what is missing."""
-        for need in self.needs:
-            module_name, _, attribute = need.partition(":")
-            try:
-                spec = importlib.util.find_spec(module_name)
-            except (ImportError, ValueError):
-                spec = None
-            if spec is None:
-                return f"not available yet ({module_name.replace('.', '/')}.py missing)"
-            try:
-                module = importlib.import_module(module_name)
-            except Exception as error:  # noqa: BLE001 - a broken piece is reported, not raised, at planning
-                return f"not available ({module_name} fails to import: {type(error).__name__}: {error})"
-            if attribute and not hasattr(module, attribute):
-                return f"not available yet ({module_name}.{attribute} missing)"
-        return ""
-
-
-def _semantic_training_settings(settings: Settings, model: str) -> dict:
-    s = settings.semantic
-    return {
-        "model": model,
-        "image_size": s.image_size,
-        "epochs": s.epochs,
-        "batch_size": s.batch_size,
-        "encoder_weights": s.encoder_weights,
-        "augment": s.augment,
-        "mixed_precision": s.mixed_precision,
-        "seed": s.seed,
-        "model_options": s.model_options.get(model, {}),
-    }
-
-
-def _instance_methods(settings: Settings) -> list[str]:
-    return ["maskrcnn"] + [f"sam_{mode}" for mode in settings.instance.sam.modes]
+def load_factory(spec: str) -> Callable[[Settings], list[Step]]:
+    """The function ``module:name`` that declares the steps for some settings."""
+    module, _, name = spec.partition(":")
+    return getattr(importlib.import_module(module), name)
 
 
 def build_steps(settings: Settings) -> list[Step]:
-    """The ordered steps for these settings (disabled studies have none)."""
-    from . import steps as actions
-
-    semantic, instance = settings.semantic, settings.instance
-    studies = [name for name in ("semantic", "instance") if getattr(settings, name).enabled]
-    data_settings = lambda st: {name: _as_plain(getattr(st, name).dataset) for name in studies}  # noqa: E731
-    result = [
-        Step("data", "data", (), lambda lay: [lay.data], data_settings, actions.data_step, ("data:read_dataset",)),
-        Step(
-            "split", "data", ("data",),
-            lambda lay: [lay.split_json(study) for study in studies],
-            lambda st: {name: _as_plain(getattr(st, name).split) for name in studies},
-            actions.split_step, ("data.split:load_or_make_split",),
-        ),
-    ]
-    if semantic.enabled:
-        train_names = []
-        for model in semantic.models:
-            name = f"semantic_train_{model}"
-            train_names.append(name)
-            result.append(Step(
-                name, "semantic", ("split",),
-                lambda lay, model=model: [lay.semantic_model(model)],
-                lambda st, model=model: _semantic_training_settings(st, model),
-                lambda ctx, model=model: actions.semantic_train_step(ctx, model),
-                ("keras_semseg.train:train_model",), resumable=True,
-            ))
-        result += [
-            Step("semantic_sweep", "semantic", tuple(train_names),
-                 lambda lay: [lay.semantic_masks, lay.sweep],
-                 lambda st: {"models": list(st.semantic.models)},
-                 actions.semantic_sweep_step, ("keras_semseg.sweep:run_sweep",)),
-            Step("semantic_stats", "semantic", ("semantic_sweep",),
-                 lambda lay: [lay.semantic_stats],
-                 lambda st: {"metrics": list(st.semantic.metrics), **_as_plain(st.stats)},
-                 actions.semantic_stats_step, ("stats:analyse",)),
-            Step("semantic_figures", "semantic", ("semantic_sweep", "semantic_stats"),
-                 lambda lay: [lay.figures / f"fig{i}.{ext}" for i in (1, 2, 3, 4) for ext in ("png", "pdf")],
-                 lambda st: {"figure_images": st.semantic.figure_images, "metrics": list(st.semantic.metrics),
-                             "posthoc": st.stats.posthoc},
-                 actions.semantic_figures_step,
-                 ("keras_semseg.plots:figure1", "keras_semseg.plots:figure2", "keras_semseg.plots:figure4",
-                  "stats.plots:figure3")),
-        ]
-    if instance.enabled:
-        result += [
-            Step("instance_train", "instance", ("split",), lambda lay: [lay.maskrcnn],
-                 lambda st: {k: getattr(st.instance, k) for k in (
-                     "image_size", "epochs", "batch_size", "lr", "weight_decay", "weights", "detections_per_image", "seed")},
-                 actions.instance_train_step, ("torch_instseg.maskrcnn:train_maskrcnn",), resumable=True),
-            Step("instance_predict", "instance", ("instance_train",),
-                 lambda lay: [lay.prediction("gt"), lay.prediction("maskrcnn")],
-                 lambda st: {"image_size": st.instance.image_size, "detections_per_image": st.instance.detections_per_image},
-                 actions.instance_predict_step,
-                 ("torch_instseg.maskrcnn:predict_to_coco", "torch_instseg.coco:dataset_to_coco")),
-            Step("instance_sam", "instance", ("instance_predict",),
-                 lambda lay: [lay.prediction(f"sam_{mode}") for mode in instance.sam.modes],
-                 lambda st: _as_plain(st.instance.sam),
-                 actions.instance_sam_step, ("torch_instseg.sam:run_sam",)),
-            Step("instance_eval", "instance", ("instance_predict", "instance_sam"),
-                 lambda lay: [lay.instance / "eval"],
-                 lambda st: {"methods": _instance_methods(st), **_as_plain(st.instance.evaluation)},
-                 actions.instance_eval_step, ("torch_instseg.evaluate:run_evaluation",)),
-            Step("instance_table", "instance", ("instance_predict", "instance_sam"),
-                 lambda lay: [lay.instance_table],
-                 lambda st: {"methods": _instance_methods(st), **_as_plain(st.instance.evaluation)},
-                 actions.instance_table_step, ("torch_instseg.evaluate:instance_table",)),
-            Step("instance_stats", "instance", ("instance_eval",),
-                 lambda lay: [lay.instance_stats],
-                 lambda st: {"methods": _instance_methods(st), **_as_plain(st.stats),
-                             "interpolations": list(st.instance.evaluation.interpolations)},
-                 actions.instance_stats_step, ("stats:analyse",)),
-            Step("instance_figures", "instance", ("instance_predict", "instance_sam"),
-                 lambda lay: [lay.figures / f"instance.{ext}" for ext in ("png", "pdf")],
-                 lambda st: {"figure_images": st.instance.figure_images, "methods": _instance_methods(st)},
-                 actions.instance_figures_step, ("torch_instseg.plots:instance_figure",)),
-        ]
-    all_names = tuple(step.name for step in result)
-    result.append(Step("report", "report", all_names, lambda lay: [lay.report],
-                       lambda st: {k: v for k, v in st.to_dict().items() if k != "source"},
-                       actions.report_step, ("mscseg.report:write_report",), derived=True))
-    return result
+    """The ordered steps for these settings, from ``STEP_FACTORY``."""
+    return load_factory(STEP_FACTORY)(settings)
 
 
-def _as_plain(obj: Any) -> Any:
-    from dataclasses import asdict, is_dataclass
-
-    return asdict(obj) if is_dataclass(obj) else obj
+def settings_from_config_json(path: Path) -> Settings:
+    """The settings a run was started with, from its ``config.json``."""
+    try:
+        content = json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        raise RunError(f"cannot read the run's settings ({error})", path) from None
+    data = dict(content.get("settings", {}))
+    source = data.pop("source", "") or str(path)
+    return from_mapping(data, name=data.get("name", "run"), source=source)
 
 
 # ---------------------------------------------------------------- stamps and planning
 
-def _hash(obj: Any) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+class State(enum.Enum):
+    """Where a step stands against its stamp."""
+
+    NEW = "new"              # never ran, no outputs
+    DONE = "done"            # stamp matches settings and inputs, outputs there
+    PARTIAL = "partial"      # stopped part-way with the same settings
+    CHANGED = "changed"      # a setting it reads changed
+    STALE = "stale"          # an input changed or is remade, or its outputs are missing
+    FOREIGN = "foreign"      # outputs there, but no stamp says which settings made them
 
 
-def stamp_path(layout: Layout, step: str) -> Path:
-    return layout.stamps / f"{step}.json"
+class Action(enum.Enum):
+    RUN = "run"
+    SKIP = "skip"
+    CONFLICT = "conflict"    # would replace finished outputs; needs --overwrite
 
 
 def read_stamp(layout: Layout, step: str) -> dict | None:
-    path = stamp_path(layout, step)
+    path = layout.stamp(step)
     if not path.is_file():
         return None
     try:
@@ -339,7 +122,7 @@ def read_stamp(layout: Layout, step: str) -> dict | None:
 def write_stamp(layout: Layout, step: str, stamp: dict) -> None:
     from data.outputs import write_json
 
-    write_json(stamp_path(layout, step), stamp)
+    write_json(layout.stamp(step), stamp)
 
 
 def _flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
@@ -352,8 +135,9 @@ def _flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
 
 
 def describe_changes(old: dict, new: dict, limit: int = 4) -> str:
-    """``epochs 1 -> 2, seed 0 -> 1`` for the settings that differ."""
-    old_flat, new_flat = _flatten(json.loads(json.dumps(old, default=str))), _flatten(json.loads(json.dumps(new, default=str)))
+    """``semantic.epochs 1 -> 2, semantic.seed 0 -> 1`` for the settings that differ."""
+    old_flat = _flatten(json.loads(json.dumps(old, default=str)))
+    new_flat = _flatten(json.loads(json.dumps(new, default=str)))
     changes = [
         f"{key} {old_flat.get(key, '(unset)')!r} -> {new_flat.get(key, '(unset)')!r}"
         for key in sorted(set(old_flat) | set(new_flat))
@@ -368,12 +152,18 @@ class Planned:
     """What the runner will do with one step, and why."""
 
     step: Step
-    state: str           # new, done, partial, changed, stale, foreign, unavailable, blocked
-    action: str          # run, skip, conflict
+    state: State
+    action: Action
     note: str = ""
     resume: bool = False
     overwrite: bool = False
     has_outputs: bool = False
+
+    @property
+    def replaces_finished(self) -> bool:
+        """True when running it deletes outputs a finished run of it left (what --overwrite allows)."""
+        return (self.action is Action.RUN and self.has_outputs and not self.step.derived
+                and self.state in (State.CHANGED, State.STALE, State.FOREIGN, State.DONE) and self.overwrite)
 
 
 def _has_outputs(paths: list[Path]) -> bool:
@@ -387,103 +177,91 @@ def plan(
     """Decide, for every step, whether it runs, is skipped, or conflicts with finished outputs."""
     selected = {s.name for s in steps} if selected is None else selected
     forced = forced or set()
+    expected = stamp_hashes(steps, settings)
     by_name: dict[str, Planned] = {}
-    result = []
     for step in steps:
-        current = step.settings(settings)
-        stamp = read_stamp(layout, step.name)
-        outputs = step.outputs(layout)
-        missing_availability = step.availability()
-        if missing_availability:
-            entry = Planned(step, "unavailable", "skip", missing_availability)
-        else:
-            blocked = [d for d in step.deps if d in by_name and by_name[d].state in ("unavailable", "blocked")
-                       and not (step.derived)]
-            if blocked:
-                entry = Planned(step, "blocked", "skip", f"needs {', '.join(blocked)}")
-            else:
-                entry = _state(step, current, stamp, outputs, by_name, layout)
-        if entry.state not in ("unavailable", "blocked"):
-            entry.has_outputs = _has_outputs(outputs)
-            entry = _decide(entry, step.name in selected, step.name in forced, overwrite)
-        by_name[step.name] = entry
-        result.append(entry)
-    _check_dependencies(result, by_name)
-    return result
+        entry = _state(step, settings, expected[step.name], read_stamp(layout, step.name), by_name, layout)
+        entry.has_outputs = _has_outputs(step.outputs(layout))
+        by_name[step.name] = _decide(entry, step.name in selected, step.name in forced, overwrite)
+    entries = list(by_name.values())
+    _check_dependencies(entries, by_name)
+    return entries
 
 
-def _state(step: Step, current: dict, stamp: dict | None, outputs: list[Path], by_name: dict[str, Planned], layout: Layout) -> Planned:
+def _state(step: Step, settings: Settings, expected: str, stamp: dict | None, by_name: dict[str, Planned],
+           layout: Layout) -> Planned:
+    outputs = step.outputs(layout)
     if stamp is None:
         if _has_outputs(outputs) and not step.derived:
             shown = next(p for p in outputs if p.is_file() or (p.is_dir() and any(p.iterdir())))
-            return Planned(step, "foreign", "run", f"{shown} exists but no stamp says which settings made it")
-        return Planned(step, "new", "run")
-    same_settings = stamp.get("settings_hash") == _hash(current)
+            return Planned(step, State.FOREIGN, Action.RUN, f"{shown} exists but no stamp says which settings made it")
+        return Planned(step, State.NEW, Action.RUN)
+    current = step.settings(settings)
+    same_settings = stamp.get("settings_hash") == settings_hash(step, settings)
     if stamp.get("status") != "done":
-        if same_settings:
+        if same_settings and stamp.get("stamp") == expected:
             how = {"failed": "failed last time", "interrupted": "interrupted"}.get(stamp.get("status"), "stopped part-way")
-            resume = step.resumable and any((p / "run.json").is_file() for p in outputs if p.is_dir())
-            return Planned(step, "partial", "run", f"{how}; " + ("resumes" if resume else "runs again"), resume=resume)
-        return Planned(step, "changed", "run", "stopped part-way with other settings: " + describe_changes(stamp.get("settings", {}), current))
+            resume = step.resumable and any(run_json(p).is_file() for p in outputs if p.is_dir())
+            return Planned(step, State.PARTIAL, Action.RUN, f"{how}; " + ("resumes" if resume else "runs again"), resume=resume)
+        if not same_settings:
+            return Planned(step, State.CHANGED, Action.RUN,
+                           "stopped part-way with other settings: " + describe_changes(stamp.get("settings", {}), current))
+        return Planned(step, State.STALE, Action.RUN, "stopped part-way, and its inputs changed since")
     if not same_settings:
-        return Planned(step, "changed", "run", "settings changed: " + describe_changes(stamp.get("settings", {}), current))
-    recorded = stamp.get("deps", {})
-    for dep in step.deps:
-        dep_entry = by_name.get(dep)
-        if dep_entry is None or dep_entry.state in ("unavailable", "blocked"):
-            if step.derived and dep in recorded:
-                return Planned(step, "stale", "run", f"{dep} no longer available")
-            continue
-        if dep_entry.action == "run":
-            return Planned(step, "stale", "run", f"{dep} reruns")
-        dep_stamp = read_stamp(layout, dep)
-        if dep_stamp is None or recorded.get(dep) != dep_stamp.get("id"):
-            return Planned(step, "stale", "run", f"{dep} was remade since")
-    if step.derived and set(recorded) != {d for d in step.deps if by_name.get(d) and by_name[d].state not in ("unavailable", "blocked")}:
-        return Planned(step, "stale", "run", "steps became available")
+        return Planned(step, State.CHANGED, Action.RUN, "settings changed: " + describe_changes(stamp.get("settings", {}), current))
+    recorded = stamp.get("inputs", {})
+    for name in step.inputs:
+        entry = by_name[name]
+        if entry.action in (Action.RUN, Action.CONFLICT):
+            return Planned(step, State.STALE, Action.RUN, f"{name} reruns")
+        if recorded.get(name) != (read_stamp(layout, name) or {}).get("id"):
+            return Planned(step, State.STALE, Action.RUN, f"{name} was remade since")
+    if stamp.get("stamp") != expected:
+        return Planned(step, State.STALE, Action.RUN, "the settings of a step before it changed")
     if not _has_outputs(outputs):
-        return Planned(step, "stale", "run", "outputs missing")
-    return Planned(step, "done", "skip", "up to date")
+        return Planned(step, State.STALE, Action.RUN, "outputs missing")
+    return Planned(step, State.DONE, Action.SKIP, "up to date")
 
 
 def _decide(entry: Planned, selected: bool, forced: bool, overwrite: bool) -> Planned:
     if not selected:
-        entry.action, entry.note = "skip", (entry.note + "; " if entry.note and entry.state != "done" else "") + "not selected"
+        entry.action = Action.SKIP
+        entry.note = (entry.note + "; " if entry.note and entry.state is not State.DONE else "") + "not selected"
         return entry
-    if entry.state == "done":
+    if entry.state is State.DONE:
         if forced and overwrite:
-            entry.action, entry.overwrite, entry.note = "run", True, "rerun (--overwrite)"
+            entry.action, entry.overwrite, entry.note = Action.RUN, True, "rerun (--overwrite)"
         elif forced:
             entry.note = "up to date (add --overwrite to run it again)"
         return entry
-    if entry.state in ("new", "partial"):
-        entry.action = "run"
-        entry.overwrite = entry.state == "partial" and not entry.resume
+    if entry.state in (State.NEW, State.PARTIAL):
+        entry.action = Action.RUN
+        entry.overwrite = entry.state is State.PARTIAL and not entry.resume
         return entry
     if entry.step.derived or overwrite or not entry.has_outputs:
-        entry.action, entry.overwrite = "run", True
+        entry.action, entry.overwrite = Action.RUN, True
         return entry
-    entry.action = "conflict"
+    entry.action = Action.CONFLICT
     return entry
 
 
 def _check_dependencies(entries: list[Planned], by_name: dict[str, Planned]) -> None:
     for entry in entries:
-        if entry.action != "run" or entry.step.derived:
+        if entry.action is not Action.RUN or entry.step.derived:
             continue
-        for dep in entry.step.deps:
-            dep_entry = by_name.get(dep)
-            if dep_entry is None or dep_entry.action in ("run", "conflict"):
+        for name in entry.step.inputs:
+            before = by_name[name]
+            if before.action in (Action.RUN, Action.CONFLICT):
                 continue
-            if dep_entry.state != "done":
+            if before.state is not State.DONE:
                 raise RunError(
-                    f"step {entry.step.name} needs {dep}, which has not finished ({dep_entry.state}); "
-                    f"run without --only/--from, or add --only {dep}"
+                    f"step {entry.step.name} needs {name}, which has not finished ({before.state.value}); "
+                    f"run without --only/--from, or add --only {name}"
                 )
 
 
 def conflicts_message(entries: list[Planned], layout: Layout) -> str:
-    lines = [f"{e.step.name} ({e.note})" for e in entries if e.action == "conflict"]
+    lines = [f"{e.step.name} ({e.note})" for e in entries if e.action is Action.CONFLICT]
     return (
         f"{layout.root}: finished outputs would be replaced by {len(lines)} step(s): " + "; ".join(lines)
         + ". Nothing was run. Pass --overwrite to rerun them (their old outputs are deleted), "
@@ -492,6 +270,14 @@ def conflicts_message(entries: list[Planned], layout: Layout) -> str:
 
 
 # ---------------------------------------------------------------- running one step
+
+class StepError(Exception):
+    """A step that did not finish: ``kind`` is 'failed' (bad input), 'crashed' (a bug) or 'killed' (its process died)."""
+
+    def __init__(self, kind: str, message: str, exit_code: int):
+        super().__init__(message)
+        self.kind, self.message, self.exit_code = kind, message, exit_code
+
 
 @contextlib.contextmanager
 def capture_output(log_path: Path) -> Iterator[TextIO]:
@@ -536,43 +322,144 @@ def _remove(paths: list[Path]) -> None:
             path.unlink()
 
 
-def run_step(entry: Planned, settings: Settings, layout: Layout) -> float:
-    """Run one planned step with its output in its log; writes its stamp when it finishes."""
+def run_step(entry: Planned, settings: Settings, layout: Layout, expected: str) -> float:
+    """Run one planned step with its output in its log; writes its stamp. Returns the wall time in seconds.
+
+    Raises ``StepError`` when it does not finish, ``KeyboardInterrupt`` when interrupted.
+    """
     step = entry.step
-    if entry.overwrite or (entry.state in ("changed", "stale", "foreign") and not step.derived):
+    if entry.overwrite or (entry.state in (State.CHANGED, State.STALE, State.FOREIGN) and not step.derived):
         _remove(step.outputs(layout))
-    current = step.settings(settings)
     stamp = {
         "step": step.name,
         "status": "running",
         "id": uuid.uuid4().hex,
-        "settings": current,
-        "settings_hash": _hash(current),
-        "deps": {dep: (read_stamp(layout, dep) or {}).get("id") for dep in step.deps if read_stamp(layout, dep)},
+        "stamp": expected,
+        "settings": step.settings(settings),
+        "settings_hash": settings_hash(step, settings),
+        "inputs": {name: (read_stamp(layout, name) or {}).get("id") for name in step.inputs},
+        "framework": step.framework.value,
         "started": _now(),
         "resumed": entry.resume,
-        "log": f"logs/{step.name}.log",
+        "log": layout.log(step.name).relative_to(layout.root).as_posix(),
     }
     write_stamp(layout, step.name, stamp)
-    log_path = layout.logs / f"{step.name}.log"
-    context = Context(settings, layout, step.name, resume=entry.resume, overwrite=entry.overwrite or not step.resumable)
+    log_path = layout.log(step.name)
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    overwrite = entry.overwrite or not step.resumable
     started, cpu_started = time.perf_counter(), time.process_time()
-    with capture_output(log_path) as log:
-        print(f"=== {step.name} started {stamp['started']}" + (" (resuming)" if entry.resume else "") + " ===", file=log)
-        try:
-            step.action(context)
-        except BaseException as error:
-            traceback.print_exc(file=log)
-            print(f"=== {step.name} stopped after {time.perf_counter() - started:.1f} s ===", file=log)
-            stamp.update(status="interrupted" if isinstance(error, KeyboardInterrupt) else "failed",
-                         error=f"{type(error).__name__}: {_one_line(error, 300)}", stopped=_now())
-            write_stamp(layout, step.name, stamp)
-            raise
+    with open(log_path, "a", encoding="utf-8") as log:
+        print(f"=== {step.name} started {stamp['started']}" + (" (resuming)" if entry.resume else "")
+              + (f" in its own process ({step.framework.value})" if step.framework is not Framework.NONE else "")
+              + " ===", file=log)
+    try:
+        if step.framework is Framework.NONE:
+            _run_here(step, settings, layout, entry.resume, overwrite, log_path)
+        else:
+            _run_in_subprocess(step, layout, entry.resume, overwrite, log_path)
+    except BaseException as error:
         wall = time.perf_counter() - started
+        with open(log_path, "a", encoding="utf-8") as log:
+            print(f"=== {step.name} stopped after {wall:.1f} s ===", file=log)
+        interrupted = isinstance(error, KeyboardInterrupt)
+        stamp.update(status="interrupted" if interrupted else "failed", stopped=_now(),
+                     error="interrupted" if interrupted else one_line(error, 300))
+        write_stamp(layout, step.name, stamp)
+        raise
+    wall = time.perf_counter() - started
+    with open(log_path, "a", encoding="utf-8") as log:
         print(f"=== {step.name} finished in {wall:.1f} s ===", file=log)
     stamp.update(status="done", finished=_now(), wall_s=round(wall, 3), cpu_s=round(time.process_time() - cpu_started, 3))
     write_stamp(layout, step.name, stamp)
     return wall
+
+
+def _run_here(step: Step, settings: Settings, layout: Layout, resume: bool, overwrite: bool, log_path: Path) -> None:
+    with capture_output(log_path) as log:
+        try:
+            step.action(step.context(settings, layout, resume=resume, overwrite=overwrite))
+        except KeyboardInterrupt:
+            raise
+        except (MscsegError, OSError) as error:
+            print(f"error: {one_line(error)}", file=log)
+            raise StepError("failed", one_line(error), 2) from None
+        except Exception as error:  # noqa: BLE001 - a crash in a step is reported with its log
+            traceback.print_exc(file=log)
+            raise StepError("crashed", f"{type(error).__name__}: {one_line(error, 160)}", 1) from None
+
+
+def step_command(step: Step, layout: Layout, resume: bool, overwrite: bool) -> list[str]:
+    """The command that runs ``step`` in a process of its own."""
+    command = [sys.executable, "-m", "mscseg.step", step.name, "--out", str(layout.root), "--steps", STEP_FACTORY]
+    return command + (["--resume"] if resume else []) + (["--overwrite"] if overwrite else [])
+
+
+def _child_environment() -> dict[str, str]:
+    env = dict(os.environ)
+    paths = [str(PACKAGE_ROOT)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+    env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    return env
+
+
+def _run_in_subprocess(step: Step, layout: Layout, resume: bool, overwrite: bool, log_path: Path) -> None:
+    """Run ``step`` in ``python -m mscseg.step``; its output goes to the log. Ctrl-C stops the child too."""
+    with open(log_path, "a", encoding="utf-8") as log:
+        process = subprocess.Popen(step_command(step, layout, resume, overwrite), stdin=subprocess.DEVNULL,
+                                   stdout=log, stderr=subprocess.STDOUT, env=_child_environment())
+        try:
+            code = process.wait()
+        except KeyboardInterrupt:
+            _stop(process)
+            raise
+    if code == 0:
+        return
+    if code == 130 or code == -signal.SIGINT:
+        raise KeyboardInterrupt
+    if code == 2:
+        raise StepError("failed", _last_error_line(log_path) or "bad input (see its log)", 2)
+    if code == 1:
+        raise StepError("crashed", _last_exception(log_path), 1)
+    raise StepError("killed", _signal_text(code), 2)
+
+
+def _stop(process: subprocess.Popen) -> None:
+    """Ask the child to stop as after Ctrl-C (it saves its state), then kill it if it does not."""
+    if process.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            process.send_signal(signal.SIGINT)
+        try:
+            process.wait(timeout=STOP_GRACE_S)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def _signal_text(code: int) -> str:
+    number = -code if code < 0 else code - 128 if code > 128 else None
+    try:
+        name = signal.Signals(number).name if number else f"exit status {code}"
+    except ValueError:
+        name = f"signal {number}"
+    hint = "; killed, the machine may have run out of memory" if number == signal.SIGKILL else ""
+    return f"its process died ({name}{hint})"
+
+
+def _log_lines(log_path: Path) -> list[str]:
+    try:
+        return log_path.read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError:
+        return []
+
+
+def _last_error_line(log_path: Path) -> str:
+    lines = [line for line in _log_lines(log_path) if line.startswith("error: ")]
+    return lines[-1][len("error: "):] if lines else ""
+
+
+def _last_exception(log_path: Path) -> str:
+    lines = [line for line in _log_lines(log_path) if line and not line.startswith((" ", "===", "Traceback"))]
+    return lines[-1] if lines else "unknown error"
 
 
 def _now() -> str:
@@ -600,29 +487,11 @@ def check_weights(settings: Settings, running: set[str]) -> None:
     check_pretrained(settings, running)
 
 
-# ---------------------------------------------------------------- versions and config.json
-
-VERSION_PACKAGES = (
-    "mscseg", "numpy", "scipy", "pandas", "scikit-image", "scikit-posthocs", "statsmodels", "matplotlib",
-    "tensorflow", "tensorflow-cpu", "keras", "tf-keras", "segmentation-models", "torch", "torchvision",
-    "segment-anything", "pycocotools", "tifffile", "pillow",
-)
-
-
-def library_versions() -> dict[str, str]:
-    """Installed versions (from package metadata; no framework is imported)."""
-    from importlib import metadata
-    import platform
-
-    versions = {"python": platform.python_version()}
-    for name in VERSION_PACKAGES:
-        with contextlib.suppress(metadata.PackageNotFoundError):
-            versions[name] = metadata.version(name)
-    return versions
-
+# ---------------------------------------------------------------- config.json
 
 def write_config_json(settings: Settings, layout: Layout, argv: Sequence[str], steps: Sequence[str] = ()) -> None:
     from data.outputs import write_json
+    from data.run_record import library_versions
 
     write_json(layout.config_json, {
         "settings": settings.to_dict(),
@@ -673,15 +542,17 @@ def _select(steps: list[Step], from_step: str | None, only: list[str] | None) ->
     return set(names), set()
 
 
+WILL = {Action.RUN: "will run", Action.SKIP: "skip", Action.CONFLICT: "needs --overwrite"}
+
+
 def print_list(entries: list[Planned], layout: Layout, out: TextIO) -> None:
-    width = max(len(e.step.name) for e in entries)
+    width = _name_width(entries)
     print(f"steps of {layout.root}:", file=out)
     for entry in entries:
         stamp = read_stamp(layout, entry.step.name) or {}
-        when = f"  ({_duration(stamp['wall_s'])}, {stamp.get('finished', '')})" if stamp.get("status") == "done" else ""
-        will = {"run": "will run", "skip": "skip", "conflict": "needs --overwrite"}[entry.action]
+        when = f"  ({_duration(stamp['wall_s'])}, {stamp.get('finished', '')})" if stamp.get("status") == "done" and "wall_s" in stamp else ""
         note = f" - {entry.note}" if entry.note else ""
-        print(f"  {entry.step.name:<{width}}  {entry.state:<11} {will}{note}{when}", file=out)
+        print(f"  {entry.step.name:<{width}}  {entry.state.value:<8} {WILL[entry.action]}{note}{when}", file=out)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -703,66 +574,53 @@ def _main(argv: Sequence[str] | None = None) -> int:
     if args.list:
         print_list(entries, layout, console)
         return 0
-    if any(e.action == "conflict" for e in entries):
+    if any(e.action is Action.CONFLICT for e in entries):
         raise RunError(conflicts_message(entries, layout))
     check_inputs(settings)
-    check_weights(settings, {e.step.name for e in entries if e.action == "run"})
+    check_weights(settings, {e.step.name for e in entries if e.action is Action.RUN})
     layout.root.mkdir(parents=True, exist_ok=True)
     write_config_json(settings, layout, argv, [step.name for step in steps])
     print(f"mscseg: config {settings.source} -> {layout.root}", file=console)
     for warning in settings.untrained:
         print(f"mscseg: note: {warning}", file=console)
+    expected = stamp_hashes(steps, settings)
     started = time.perf_counter()
-    total = len(entries)
-    ran, unavailable = 0, []
+    ran = 0
     for position, entry in enumerate(entries, 1):
-        label = f"[{position:>2}/{total}] {entry.step.name:<{_name_width(entries)}}"
-        if entry.action != "run":
-            print(f"{label} {_skip_text(entry)}", file=console, flush=True)
-            if entry.state == "unavailable":
-                unavailable.append(entry.step.name)
+        label = f"[{position:>2}/{len(entries)}] {entry.step.name:<{_name_width(entries)}}"
+        if entry.action is not Action.RUN:
+            print(f"{label} skipped ({entry.note or entry.state.value})", file=console, flush=True)
             continue
-        log_name = layout.logs / f"{entry.step.name}.log"
-        print(f"{label} running{' (resuming)' if entry.resume else ''} ... (log: {log_name})", file=console, flush=True)
+        log_path = layout.log(entry.step.name)
+        print(f"{label} running{' (resuming)' if entry.resume else ''} ... (log: {log_path})", file=console, flush=True)
         try:
-            wall = run_step(entry, settings, layout)
+            wall = run_step(entry, settings, layout, expected[entry.step.name])
         except KeyboardInterrupt:
-            print(f"{label} interrupted; run the same command again to resume (log: {log_name})", file=console, flush=True)
+            print(f"{label} interrupted; run the same command again to resume (log: {log_path})", file=console, flush=True)
             return 130
-        except MscsegError as error:
-            print(f"{label} failed: {_one_line(error)}", file=console, flush=True)
-            print(f"error: step {entry.step.name} failed: {_one_line(error)} (log: {log_name})", file=sys.stderr)
-            return 2
-        except Exception as error:  # noqa: BLE001 - a crash in a step is reported with its log
-            print(f"{label} crashed: {type(error).__name__}: {_one_line(error, 160)}", file=console, flush=True)
-            print(f"error: step {entry.step.name} crashed ({type(error).__name__}); the traceback is in {log_name}", file=sys.stderr)
-            return 1
+        except StepError as error:
+            print(f"{label} {error.kind}: {error.message}", file=console, flush=True)
+            print(f"error: {_step_error_line(entry.step.name, error, log_path)}", file=sys.stderr)
+            return error.exit_code
         ran += 1
         print(f"{label} done in {_duration(wall)}", file=console, flush=True)
-    summary = f"mscseg: {ran} step(s) ran in {_duration(time.perf_counter() - started)}"
-    if unavailable:
-        summary += f"; {len(unavailable)} not available yet: {', '.join(unavailable)}"
-    print(summary, file=console)
+    print(f"mscseg: {ran} step(s) ran in {_duration(time.perf_counter() - started)}", file=console)
     if layout.report.is_file():
         print(f"mscseg: report: {layout.report}", file=console)
     return 0
 
 
+def _step_error_line(name: str, error: StepError, log_path: Path) -> str:
+    if error.kind == "failed":
+        return f"step {name} failed: {error.message} (log: {log_path})"
+    if error.kind == "crashed":
+        exception = error.message.split(":", 1)[0]
+        return f"step {name} crashed ({exception}); the traceback is in {log_path}"
+    return f"step {name} crashed: {error.message}; its log: {log_path}"
+
+
 def _name_width(entries: list[Planned]) -> int:
     return max(len(e.step.name) for e in entries)
-
-
-def _skip_text(entry: Planned) -> str:
-    if entry.state == "unavailable":
-        return entry.note
-    if entry.state == "blocked":
-        return f"skipped ({entry.note})"
-    return f"skipped ({entry.note or entry.state})"
-
-
-def _one_line(error: BaseException, limit: int | None = None) -> str:
-    text = " ".join(str(error).split()) or type(error).__name__
-    return text if limit is None or len(text) <= limit else text[: limit - 3] + "..."
 
 
 if __name__ == "__main__":

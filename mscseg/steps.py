@@ -1,25 +1,295 @@
-"""The actions of the run's steps: each calls the pieces' Python functions and writes the layout's files.
+"""The run's steps, each declared once: inputs, outputs, the settings it reads, its action, its framework.
 
-``mscseg.run`` decides which step runs and captures its output; an action only does the work.
-The pieces (keras_semseg, torch_instseg, stats) are imported inside each action.
+A step's stamp is a hash of exactly the settings it declares (``reads``, dotted names such as
+``semantic.epochs``) and of its inputs' stamps, so changing any setting a step reads marks
+that step and every step after it stale. An action gets the settings through a view that
+holds only the declared names: reading any other setting is an ``UndeclaredSetting`` error.
+
+``mscseg.run`` decides which step runs (and runs a TensorFlow or torch step in a
+subprocess of its own, ``python -m mscseg.step``); an action only does the work. The
+pieces (keras_semseg, torch_instseg, stats) are imported inside each action.
+
+Adding a step is one ``Step(...)`` in ``build_steps`` and its action, for example::
+
+    Step("instance_sam_finetune", inputs=("split",), outputs=lambda lay: [lay.sam_finetune],
+         reads=("instance.sam.variant", "instance.sam.finetune"), action=instance_sam_finetune_step,
+         framework=Framework.TORCH, resumable=True)
 """
 from __future__ import annotations
 
+import dataclasses
+import enum
+import hashlib
+import json
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Callable, Sequence
 
-import pandas as pd
-
+from .config import Settings
 from .errors import RunError
-from .run import Context
+from .layout import INSTANCE_FIGURE, SEMANTIC_FIGURES, Layout
 
 PRIMARY_INTERPOLATION = 11
 
 
-def _studies(ctx: Context) -> list[str]:
-    return [name for name in ("semantic", "instance") if getattr(ctx.settings, name).enabled]
+class Framework(str, enum.Enum):
+    """What a step imports: NONE runs in the runner's process, the others each in a subprocess of its own."""
+
+    NONE = "none"
+    TENSORFLOW = "tensorflow"
+    TORCH = "torch"
+
+
+class UndeclaredSetting(AttributeError):
+    """An action read a setting its step does not declare (a bug in the step's declaration)."""
+
+
+# ---------------------------------------------------------------- settings by dotted name
+
+_MISSING = object()
+
+
+def setting_value(settings: Any, name: str, default: Any = None) -> Any:
+    """The value of the dotted setting ``name`` (attributes of dataclasses, keys of mappings)."""
+    value = settings
+    for part in name.split("."):
+        if isinstance(value, SettingsView):
+            value = value._value
+        if isinstance(value, dict):
+            value = value.get(part, value.get(_int_key(part), _MISSING))
+        else:
+            value = getattr(value, part, _MISSING)
+        if value is _MISSING:
+            return default
+    return value
+
+
+def _int_key(part: str) -> Any:
+    return int(part) if part.isdigit() else part
+
+
+def plain(value: Any) -> Any:
+    """A JSON-able copy of a setting's value (dataclasses as dicts)."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.asdict(value)
+    return value
+
+
+class SettingsView:
+    """Read-only access to the declared settings only: ``view.semantic.epochs`` or ``view.semantic.model_options.get("unet")``.
+
+    A name is readable when it is declared, or lies inside a declared name; reading anything
+    else raises ``UndeclaredSetting`` naming the step and the setting.
+    """
+
+    def __init__(self, value: Any, declared: Sequence[str], step: str, prefix: str = ""):
+        self._value = value
+        self._declared = tuple(declared)
+        self._step = step
+        self._prefix = prefix
+
+    def _child(self, key: str) -> Any:
+        name = f"{self._prefix}{key}"
+        if isinstance(self._value, dict):
+            value = self._value.get(key, self._value.get(_int_key(str(key)), _MISSING))
+        else:
+            value = getattr(self._value, key, _MISSING)
+        if any(name == d or name.startswith(d + ".") for d in self._declared):
+            return None if value is _MISSING else value
+        if value is not _MISSING and any(d.startswith(name + ".") for d in self._declared):
+            return SettingsView(value, self._declared, self._step, name + ".")
+        raise UndeclaredSetting(f"step {self._step} reads setting '{name}', which it does not declare in its 'reads'")
+
+    def __getattr__(self, key: str) -> Any:
+        if key.startswith("_"):
+            raise AttributeError(key)
+        return self._child(key)
+
+    def __getitem__(self, key: str) -> Any:
+        return self._child(str(key))
+
+    def get(self, key: str, default: Any = None) -> Any:
+        value = self._child(str(key))
+        return default if value is None else value
+
+    def __repr__(self) -> str:
+        return f"SettingsView({self._prefix or 'settings'}, reads={list(self._declared)})"
+
+
+# ---------------------------------------------------------------- the step declaration
+
+@dataclass
+class Context:
+    """What an action gets: the declared settings, the results layout, and how to treat existing outputs."""
+
+    settings: SettingsView
+    layout: Layout
+    step: str
+    resume: bool = False
+    overwrite: bool = False
+    _all_settings: Settings | None = field(default=None, repr=False)
+    _datasets: dict = field(default_factory=dict, repr=False)
+
+    def dataset(self, study: str):
+        """The study's ``data.Dataset``: the synthetic data in the results folder, else the configured path.
+
+        Which data that is, is in the stamp of the ``data`` step every study step follows.
+        """
+        if study not in self._datasets:
+            from data import read_dataset
+
+            spec = getattr(self._all_settings, study).dataset
+            if spec.synthetic is not None:
+                self._datasets[study] = read_dataset(self.layout.synthetic_data(study), format="folders")
+            else:
+                self._datasets[study] = read_dataset(spec.path, spec.format, **spec.options)
+        return self._datasets[study]
+
+    def split(self, study: str) -> dict:
+        from data.split import read_split
+
+        return read_split(self.layout.split_json(study), self.dataset(study).names)
+
+    def samples(self, study: str, names: Sequence[str]) -> list:
+        dataset = self.dataset(study)
+        return [dataset.get(name) for name in names]
+
+
+@dataclass(frozen=True)
+class Step:
+    """One unit of work, declared once.
+
+    inputs: the steps whose outputs it reads; outputs: its files and folders in the layout;
+    reads: the dotted settings its action reads (and nothing else); framework: what it imports
+    (a TensorFlow or torch step runs in a subprocess of its own); resumable: a stopped run
+    continues (training); derived: a view of everything before it (the report), remade
+    whenever out of date and never a conflict.
+    """
+
+    name: str
+    inputs: tuple[str, ...]
+    outputs: Callable[[Layout], list[Path]]
+    reads: tuple[str, ...]
+    action: Callable[[Context], None]
+    framework: Framework = Framework.NONE
+    resumable: bool = False
+    derived: bool = False
+
+    def settings(self, settings: Settings) -> dict[str, Any]:
+        """``{dotted name: value}`` of the settings this step reads."""
+        return {name: plain(setting_value(settings, name)) for name in self.reads}
+
+    def context(self, settings: Settings, layout: Layout, resume: bool = False, overwrite: bool = False) -> Context:
+        return Context(SettingsView(settings, self.reads, self.name), layout, self.name, resume, overwrite, settings)
+
+
+def _hash(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def settings_hash(step: Step, settings: Settings) -> str:
+    return _hash(step.settings(settings))
+
+
+def stamp_hashes(steps: Sequence[Step], settings: Settings) -> dict[str, str]:
+    """Each step's stamp: a hash of its declared settings and its inputs' stamps (steps in run order)."""
+    stamps: dict[str, str] = {}
+    for step in steps:
+        missing = [name for name in step.inputs if name not in stamps]
+        if missing:
+            raise RunError(f"step {step.name} reads {', '.join(missing)}, which do(es) not come before it")
+        stamps[step.name] = _hash({"step": step.name, "settings": step.settings(settings),
+                                   "inputs": {name: stamps[name] for name in step.inputs}})
+    return stamps
+
+
+def successors(steps: Sequence[Step], names: set[str]) -> set[str]:
+    """``names`` and every step that reads from them, directly or through other steps."""
+    found = set(names)
+    for step in steps:
+        if any(name in found for name in step.inputs):
+            found.add(step.name)
+    return found
+
+
+# ---------------------------------------------------------------- declarations
+
+def enabled_studies(settings: Settings) -> list[str]:
+    return [name for name in ("semantic", "instance") if getattr(settings, name).enabled]
+
+
+def instance_methods(sam_modes: Sequence[str]) -> list[str]:
+    return ["maskrcnn"] + [f"sam_{mode}" for mode in sam_modes]
+
+
+def build_steps(settings: Settings) -> list[Step]:
+    """The ordered steps for these settings (a disabled study has none)."""
+    studies = enabled_studies(settings)
+    steps = [
+        Step("data", (), lambda lay: [lay.data], tuple(f"{s}.dataset" for s in studies), data_step),
+        Step("split", ("data",), lambda lay: [lay.split_json(s) for s in studies],
+             tuple(f"{s}.{key}" for s in studies for key in ("split", "dataset")), split_step),
+    ]
+    if settings.semantic.enabled:
+        steps += _semantic_steps(settings)
+    if settings.instance.enabled:
+        steps += _instance_steps(settings)
+    steps.append(Step("report", tuple(step.name for step in steps), lambda lay: [lay.report],
+                      REPORT_READS, report_step, derived=True))
+    return steps
+
+
+REPORT_READS = ("name", "description", "semantic", "instance", "stats")  # its settings section shows them all
+SEMANTIC_TRAINING = ("image_size", "epochs", "batch_size", "encoder_weights", "augment", "mixed_precision", "seed")
+
+
+def _semantic_steps(settings: Settings) -> list[Step]:
+    models = list(settings.semantic.models)
+    trains = [
+        Step(f"semantic_train_{model}", ("split",), lambda lay, model=model: [lay.semantic_model(model)],
+             tuple(f"semantic.{key}" for key in SEMANTIC_TRAINING) + (f"semantic.model_options.{model}",),
+             lambda ctx, model=model: semantic_train_step(ctx, model), Framework.TENSORFLOW, resumable=True)
+        for model in models
+    ]
+    return trains + [
+        Step("semantic_sweep", tuple(step.name for step in trains), lambda lay: [lay.semantic_masks, lay.sweep],
+             ("semantic.models",), semantic_sweep_step),
+        Step("semantic_stats", ("semantic_sweep",), lambda lay: [lay.semantic_stats],
+             ("semantic.metrics", "stats.posthoc"), semantic_stats_step),
+        Step("semantic_figures", ("semantic_sweep", "semantic_stats"), lambda lay: lay.figure_files(SEMANTIC_FIGURES),
+             ("semantic.models", "semantic.metrics", "semantic.figure_images", "stats.posthoc"), semantic_figures_step),
+    ]
+
+
+def _instance_steps(settings: Settings) -> list[Step]:
+    modes = list(settings.instance.sam.modes)
+    methods = ("instance.sam.modes",)
+    return [
+        Step("instance_train", ("split",), lambda lay: [lay.maskrcnn],
+             tuple(f"instance.{key}" for key in ("image_size", "epochs", "batch_size", "lr", "weight_decay", "weights",
+                                                 "detections_per_image", "seed", "device")),
+             instance_train_step, Framework.TORCH, resumable=True),
+        Step("instance_predict", ("instance_train",), lambda lay: [lay.prediction("gt"), lay.prediction("maskrcnn")],
+             ("instance.device",), instance_predict_step, Framework.TORCH),
+        Step("instance_sam", ("instance_predict",), lambda lay: [lay.prediction(f"sam_{mode}") for mode in modes],
+             ("instance.sam.variant", "instance.sam.checkpoint", "instance.sam.modes", "instance.sam.score",
+              "instance.device"), instance_sam_step, Framework.TORCH),
+        Step("instance_eval", ("instance_predict", "instance_sam"), lambda lay: [lay.evaluations],
+             methods + ("instance.evaluation",), instance_eval_step),
+        Step("instance_table", ("instance_predict", "instance_sam"), lambda lay: [lay.instance_table],
+             methods + ("instance.evaluation",), instance_table_step),
+        Step("instance_stats", ("instance_eval",), lambda lay: [lay.instance_stats],
+             methods + ("instance.evaluation.interpolations", "stats.posthoc"), instance_stats_step),
+        Step("instance_figures", ("instance_predict", "instance_sam"), lambda lay: lay.figure_files((INSTANCE_FIGURE,)),
+             methods + ("instance.figure_images",), instance_figures_step),
+    ]
 
 
 # ---------------------------------------------------------------- data and split
+
+def _studies(ctx: Context) -> list[str]:
+    return [name for name in ("semantic", "instance") if name in {d.split(".")[0] for d in ctx.settings._declared}]
+
 
 def data_step(ctx: Context) -> None:
     """Write the synthetic datasets (if any), then read every study's dataset once and summarise it."""
@@ -28,19 +298,19 @@ def data_step(ctx: Context) -> None:
     from data.synthetic import write_dataset
 
     for study in _studies(ctx):
-        spec = getattr(ctx.settings, study).dataset
+        spec = ctx.settings[study].dataset
         if spec.synthetic is not None:
             s = spec.synthetic
             density: str | float = s.density
             if isinstance(density, str) and density not in ("sparse", "medium", "dense"):
                 density = float(density)
-            folder = ctx.layout.data / study
+            folder = ctx.layout.synthetic_data(study)
             print(f"{study}: writing {s.n_images} synthetic images ({s.size} px, {s.density}) to {folder}")
             write_dataset(folder, n_images=s.n_images, size=s.size, density=density, seed=s.seed, overwrite=True)
         dataset = ctx.dataset(study)
         print(f"{study}: {len(dataset)} images from {dataset.root} ({dataset.format})")
         frame = summarize(dataset)
-        write_csv(ctx.layout.data / f"summary_{study}.csv", frame)
+        write_csv(ctx.layout.data_summary(study), frame)
         print(f"{study}: {int(frame['n_cells'].sum())} cells, {frame['n_cells'].mean():.1f} per image")
 
 
@@ -49,7 +319,7 @@ def split_step(ctx: Context) -> None:
     from data.split import load_or_make_split
 
     for study in _studies(ctx):
-        config = getattr(ctx.settings, study)
+        config = ctx.settings[study]
         path = ctx.layout.split_json(study)
         split = load_or_make_split(path, ctx.dataset(study).names, config.split.val_fraction, config.split.seed,
                                    source=config.dataset.label)
@@ -69,7 +339,7 @@ def semantic_train_step(ctx: Context, model: str) -> None:
         mixed_precision=s.mixed_precision, seed=s.seed, split_path=str(ctx.layout.split_json("semantic")),
         model_options=dict(s.model_options.get(model, {})),
     )
-    print(f"{model}: {result}")
+    print(f"{model}: status {result.get('status')}, best epoch {result.get('best_epoch')}")
 
 
 def write_validation_masks(ctx: Context, study: str, folder: Path) -> list[str]:
@@ -87,22 +357,24 @@ def write_validation_masks(ctx: Context, study: str, folder: Path) -> list[str]:
 def semantic_sweep_step(ctx: Context) -> None:
     from keras_semseg.sweep import run_sweep
 
-    names = write_validation_masks(ctx, "semantic", ctx.layout.semantic_masks)
-    print(f"{len(names)} validation masks -> {ctx.layout.semantic_masks}")
+    layout = ctx.layout
+    names = write_validation_masks(ctx, "semantic", layout.semantic_masks)
+    print(f"{len(names)} validation masks -> {layout.semantic_masks}")
     for model in ctx.settings.semantic.models:
-        tables = run_sweep(ctx.layout.semantic_model(model) / "probs", ctx.layout.semantic_masks, model,
-                           ctx.layout.sweep, overwrite=ctx.overwrite, images=names)
+        tables = run_sweep(layout.probs(model), layout.semantic_masks, model, layout.sweep, overwrite=ctx.overwrite,
+                           images=names)
         row = tables["table1"][tables["table1"]["model"] == model].iloc[0]
         print(f"{model}: Dice {row['dice_mean']:.3f} at threshold {row['threshold']:.2f}")
 
 
 def semantic_stats_step(ctx: Context) -> None:
+    import pandas as pd
     from stats import analyse
 
-    per_image = pd.read_csv(ctx.layout.sweep / "per_image.csv", dtype={"model": str, "image": str})
-    result = analyse(per_image, list(ctx.settings.semantic.metrics), ctx.layout.semantic_stats,
-                     posthoc=ctx.settings.stats.posthoc, at_optimal=ctx.layout.sweep / "optimal.csv",
-                     overwrite=ctx.overwrite)
+    layout = ctx.layout
+    per_image = pd.read_csv(layout.sweep_table("per_image"), dtype={"model": str, "image": str})
+    result = analyse(per_image, list(ctx.settings.semantic.metrics), layout.semantic_stats,
+                     posthoc=ctx.settings.stats.posthoc, at_optimal=layout.sweep_table("optimal"), overwrite=ctx.overwrite)
     print(result["tests"].to_string(index=False))
 
 
@@ -110,19 +382,26 @@ def semantic_figures_step(ctx: Context) -> None:
     from keras_semseg.plots import figure1, figure2, figure4
     from stats.plots import figure3
 
+    from .layout import history_csv
+
     s, layout = ctx.settings.semantic, ctx.layout
-    figures = layout.figures
-    figure1({m: layout.semantic_model(m) / "history.csv" for m in s.models}, figures / "fig1", overwrite=ctx.overwrite)
-    figure2(layout.sweep / "summary.csv", layout.sweep / "optimal.csv", figures / "fig2", overwrite=ctx.overwrite)
-    figure3(layout.semantic_stats / "values.csv", layout.semantic_stats, list(s.metrics), figures / "fig3",
+    models = list(s.models)
+    figure1({m: history_csv(layout.semantic_model(m)) for m in models}, layout.figure_stem(SEMANTIC_FIGURES[0]), overwrite=ctx.overwrite)
+    figure2(layout.sweep_table("summary"), layout.sweep_table("optimal"), layout.figure_stem(SEMANTIC_FIGURES[1]), overwrite=ctx.overwrite)
+    figure3(layout.stats_table("semantic", "values"), layout.semantic_stats, list(s.metrics), layout.figure_stem(SEMANTIC_FIGURES[2]),
             test=ctx.settings.stats.posthoc, overwrite=ctx.overwrite)
     names = ctx.split("semantic")["val"][: s.figure_images]
-    figure4(ctx.samples("semantic", names), {m: layout.semantic_model(m) / "probs" for m in s.models},
-            layout.sweep / "table1.csv", figures / "fig4", n_images=s.figure_images, overwrite=ctx.overwrite)
-    print(f"figures 1-4 -> {figures}")
+    figure4(ctx.samples("semantic", names), {m: layout.probs(m) for m in models}, layout.sweep_table("table1"),
+            layout.figure_stem(SEMANTIC_FIGURES[3]), n_images=s.figure_images, overwrite=ctx.overwrite)
+    print(f"figures 1-4 -> {layout.figures}")
 
 
 # ---------------------------------------------------------------- instance study
+
+def _device(device: str) -> str | None:
+    """The config's device for torch (None = the pieces' own choice: CUDA when present)."""
+    return None if device == "auto" else device
+
 
 def instance_train_step(ctx: Context) -> None:
     from torch_instseg.maskrcnn import train_maskrcnn
@@ -134,17 +413,10 @@ def instance_train_step(ctx: Context) -> None:
         weights=i.weights, detections_per_image=i.detections_per_image, resume=ctx.resume, overwrite=ctx.overwrite,
         device=_device(i.device), seed=i.seed, quiet=True, split_path=str(ctx.layout.split_json("instance")),
     )
-    print(f"maskrcnn: {result}")
-
-
-def _device(device: str) -> str | None:
-    """The config's device for torch (None = the pieces' own choice: CUDA when present)."""
-    return None if device == "auto" else device
+    print(f"maskrcnn: status {result.get('status')}, best epoch {result.get('best_epoch')}")
 
 
 def _ground_truth(ctx: Context) -> dict:
-    import json
-
     return json.loads(ctx.layout.prediction("gt").read_text())
 
 
@@ -155,10 +427,16 @@ def instance_predict_step(ctx: Context) -> None:
     names = ctx.split("instance")["val"]
     gt = dataset_to_coco(ctx.samples("instance", names))
     write_coco(ctx.layout.prediction("gt"), gt)
-    i = ctx.settings.instance
     predict_to_coco(ctx.layout.maskrcnn, ctx.dataset("instance"), names, gt, ctx.layout.prediction("maskrcnn"),
-                    device=_device(i.device), overwrite=ctx.overwrite)
+                    device=_device(ctx.settings.instance.device), overwrite=ctx.overwrite)
     print(f"{len(names)} validation images: gt.json, maskrcnn.json -> {ctx.layout.predictions}")
+
+
+def sam_checkpoint(configured: str | None) -> str | None:
+    """The config's checkpoint as torch_instseg.sam takes it: none -> "none" (random), default -> None (its default folder)."""
+    if configured is None:
+        return "none"
+    return None if configured == "default" else configured
 
 
 def instance_sam_step(ctx: Context) -> None:
@@ -172,22 +450,11 @@ def instance_sam_step(ctx: Context) -> None:
     print(f"SAM {sam.variant} ({', '.join(sam.modes)}) -> {ctx.layout.predictions}")
 
 
-def sam_checkpoint(configured: str | None) -> str | None:
-    """The config's checkpoint as torch_instseg.sam takes it: none -> "none" (random), default -> None (its default folder)."""
-    if configured is None:
-        return "none"
-    return None if configured == "default" else configured
-
-
-def instance_methods(ctx: Context) -> list[str]:
-    return ["maskrcnn"] + [f"sam_{mode}" for mode in ctx.settings.instance.sam.modes]
-
-
 def instance_eval_step(ctx: Context) -> None:
     from torch_instseg.evaluate import run_evaluation
 
     evaluation = ctx.settings.instance.evaluation
-    for method in instance_methods(ctx):
+    for method in instance_methods(ctx.settings.instance.sam.modes):
         for interpolation in evaluation.interpolations:
             out = ctx.layout.evaluation(method, interpolation)
             run_evaluation(ctx.layout.prediction("gt"), ctx.layout.prediction(method), out, interpolation=interpolation,
@@ -196,12 +463,13 @@ def instance_eval_step(ctx: Context) -> None:
 
 
 def instance_table_step(ctx: Context) -> None:
+    import pandas as pd
     from data.outputs import write_csv
     from torch_instseg.evaluate import instance_table
 
     evaluation = ctx.settings.instance.evaluation
     gt = _ground_truth(ctx)
-    results = {method: ctx.layout.prediction(method) for method in instance_methods(ctx)}
+    results = {method: ctx.layout.prediction(method) for method in instance_methods(ctx.settings.instance.sam.modes)}
     frames = []
     for interpolation in evaluation.interpolations:
         frame = instance_table(gt, results, max_dets=evaluation.max_dets[interpolation], interpolation=interpolation)
@@ -213,14 +481,15 @@ def instance_table_step(ctx: Context) -> None:
     print(table.to_string(index=False))
 
 
-def instance_per_image(ctx: Context, interpolation: str) -> pd.DataFrame:
+def instance_per_image(ctx: Context, interpolation: int):
     """Per-image AP of every method (columns model, image, ap), images named by file stem."""
+    import pandas as pd
+
     gt = _ground_truth(ctx)
     stems = {image["id"]: Path(image["file_name"]).stem for image in gt.get("images", [])}
     parts = []
-    for method in instance_methods(ctx):
-        path = ctx.layout.evaluation(method, interpolation) / "per_image.csv"
-        frame = pd.read_csv(path)
+    for method in instance_methods(ctx.settings.instance.sam.modes):
+        frame = pd.read_csv(ctx.layout.evaluation_per_image(method, interpolation))
         if "image" not in frame.columns:
             frame["image"] = frame["image_id"].map(stems)
         parts.append(pd.DataFrame({"model": method, "image": frame["image"].astype(str), "ap": frame["ap"]}))
@@ -238,7 +507,7 @@ def instance_stats_step(ctx: Context) -> None:
         raise RunError(f"instance statistics need at least 3 validation images, got {frame['image'].nunique()}; "
                        "raise instance.split.val_fraction or the number of images")
     ctx.layout.instance_stats.mkdir(parents=True, exist_ok=True)
-    write_csv(ctx.layout.instance_stats / "per_image_ap.csv", frame.assign(interpolation=interpolation))
+    write_csv(ctx.layout.stats_table("instance", "per_image_ap"), frame.assign(interpolation=interpolation))
     result = analyse(frame, ["ap"], ctx.layout.instance_stats, posthoc=ctx.settings.stats.posthoc, overwrite=True)
     print(f"per-image AP ({interpolation}):")
     print(result["tests"].to_string(index=False))
@@ -249,8 +518,8 @@ def instance_figures_step(ctx: Context) -> None:
 
     i = ctx.settings.instance
     names = ctx.split("instance")["val"][: i.figure_images]
-    results = {method: ctx.layout.prediction(method) for method in instance_methods(ctx)}
-    instance_figure(ctx.samples("instance", names), _ground_truth(ctx), results, ctx.layout.figures / "instance",
+    results = {method: ctx.layout.prediction(method) for method in instance_methods(i.sam.modes)}
+    instance_figure(ctx.samples("instance", names), _ground_truth(ctx), results, ctx.layout.figure_stem(INSTANCE_FIGURE),
                     n_images=i.figure_images)
     print(f"instance figure -> {ctx.layout.figures}")
 

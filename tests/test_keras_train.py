@@ -49,8 +49,10 @@ def test_tiny_run_lowers_the_loss_and_writes_its_files(finished_run, synthetic):
     saved = json.loads((out_dir / "run.json").read_text())
     assert saved == json.loads(json.dumps(record))
     assert saved["status"] == "finished" and saved["epochs_done"] == 4
-    assert saved["model"] == "segnet" and saved["image_size"] == IMAGE_SIZE and saved["split_path"] == "split.json"
-    assert saved["train"] == split["train"] and saved["val"] == split["val"]
+    assert saved["trainer"] == "keras" and saved["model"] == "segnet" and saved["settings"]["image_size"] == IMAGE_SIZE
+    assert saved["split"]["path"] == "split.json"
+    assert saved["split"]["train"] == split["train"] and saved["split"]["val"] == split["val"]
+    assert saved["epochs"] == 4 and saved["epoch_time_s_mean"] > 0
     assert saved["wall_time_s"] > 0 and "tensorflow-cpu" in saved["versions"] or "tensorflow" in saved["versions"]
     for name in ("best.weights.h5", "last.weights.h5", "last.optimizer.npz"):
         assert (out_dir / name).is_file()
@@ -107,7 +109,7 @@ def test_resume_continues_at_the_next_epoch(finished_run, synthetic, tmp_path):
     shutil.copytree(source, out_dir)
     shutil.rmtree(out_dir / "probs")
     record = json.loads((out_dir / "run.json").read_text())
-    record.update(status="interrupted", epochs_done=2)
+    record.update(status="stopped: interrupted", epochs_done=2)
     (out_dir / "run.json").write_text(json.dumps(record))
     original = pd.read_csv(source / "history.csv")
 
@@ -127,9 +129,9 @@ def test_resume_continues_at_the_next_epoch(finished_run, synthetic, tmp_path):
 def test_resume_from_another_model_or_settings_is_refused(finished_run, synthetic):
     out_dir, _ = finished_run
     dataset, split = synthetic
-    with pytest.raises(SemsegError, match="cannot resume.*image_size: 32 -> 64"):
+    with pytest.raises(SemsegError, match=r"cannot resume with other settings: image_size=32 \(now 64\)"):
         train_model("segnet", dataset, split, out_dir, resume=True, **{**SETTINGS, "image_size": 64})
-    with pytest.raises(SemsegError, match="cannot resume.*model: 'segnet' -> 'unet'"):
+    with pytest.raises(SemsegError, match=r"cannot resume with other settings: model='segnet' \(now 'unet'\)"):
         train_model("unet", dataset, split, out_dir, resume=True, **SETTINGS)
 
 
@@ -170,7 +172,8 @@ def test_nan_loss_stops_with_the_epoch_named(synthetic, tmp_path, monkeypatch):
     with pytest.raises(SemsegError, match="loss became NaN in epoch 1"):
         train_model("segnet", dataset, split, tmp_path / "nan", **{**SETTINGS, "epochs": 2})
     record = json.loads((tmp_path / "nan" / "run.json").read_text())
-    assert record["status"] == "stopped_nan" and record["nan_epoch"] == 1 and record["epochs_done"] == 0
+    assert record["status"] == "stopped: loss became NaN in epoch 1" and record["details"]["nan_epoch"] == 1
+    assert record["epochs_done"] == 0
     assert not (tmp_path / "nan" / "best.weights.h5").exists()
 
 
@@ -224,7 +227,7 @@ def test_a_self_compiling_instance_model_trains_through_the_same_trainer(synthet
     record = train_model("toy", dataset, split, tmp_path / "toy", **{**SETTINGS, "epochs": 2, "model_options": {}})
     history = pd.read_csv(tmp_path / "toy" / "history.csv")
     assert history["epoch"].tolist() == [1, 2] and history[HISTORY_COLUMNS[1:5]].notna().all().all()
-    assert record["target"] == "instances" and record["status"] == "finished"
+    assert record["settings"]["target"] == "instances" and record["status"] == "finished"
     assert len(list((tmp_path / "toy" / "probs").glob("*.npy"))) == len(split["val"])
 
 
@@ -240,3 +243,48 @@ def test_cli_bad_input_prints_one_line_and_exits_2(synthetic_folder, tmp_path, c
     assert main(["--data", str(tmp_path / "missing"), "--split", "s.json", "--out", "o", "--model", "unet"]) == 2
     assert capsys.readouterr().err.startswith("error: ")
     assert (tmp_path / "split.json").is_file() and not (tmp_path / "out").exists()
+
+
+# ---------------------------------------------------------------- optimiser state (public API only)
+
+def _tiny_compiled_model():
+    import tensorflow as tf
+
+    from keras_semseg.train import make_optimizer
+
+    model = tf.keras.Sequential([tf.keras.Input((4,)), tf.keras.layers.Dense(3)])
+    model.compile(optimizer=make_optimizer(), loss="mse")
+    return model
+
+
+def test_optimizer_state_is_built_through_public_api_and_leaves_the_weights_as_they_are():
+    import inspect
+
+    import keras_semseg.train as train
+    from keras_semseg.train import _optimizer_variables, build_optimizer_state
+
+    assert "_create_all_weights" not in inspect.getsource(train)
+    model = _tiny_compiled_model()
+    before = [variable.numpy().copy() for variable in model.trainable_variables]
+    build_optimizer_state(model.optimizer, model.trainable_variables)
+    variables = _optimizer_variables(model.optimizer)
+    assert len(variables) == 1 + 2 * len(model.trainable_variables)
+    for variable, value in zip(model.trainable_variables, before):
+        np.testing.assert_array_equal(variable.numpy(), value)
+
+
+def test_saved_adam_state_is_restored_exactly(tmp_path):
+    from keras_semseg.train import _optimizer_variables, _save_optimizer, restore_optimizer
+
+    x, y = np.ones((8, 4), np.float32), np.zeros((8, 3), np.float32)
+    trained = _tiny_compiled_model()
+    trained.fit(x, y, epochs=3, batch_size=4, verbose=0)
+    _save_optimizer(trained.optimizer, tmp_path / "adam.npz")
+    fresh = _tiny_compiled_model()
+    fresh.set_weights(trained.get_weights())
+    assert restore_optimizer(fresh, tmp_path / "adam.npz")
+    saved = [v.numpy() for v in _optimizer_variables(trained.optimizer)]
+    restored = [v.numpy() for v in _optimizer_variables(fresh.optimizer)]
+    assert int(restored[0]) == 6
+    for a, b in zip(saved, restored):
+        np.testing.assert_array_equal(a, b)

@@ -111,3 +111,21 @@ def test_report_of_the_tiny_run(tmp_path_factory):
     assert {p.as_posix() for p in csv_files(root)} == links
     assert all((root / link).is_file() for link in links)
     assert "Demonstration run" in page and "vit_tiny" in page
+
+
+def test_training_tables_come_from_the_one_run_record_layout(tmp_path):
+    from data.run_record import RunRecord
+    from mscseg.layout import Layout
+
+    root = fake_results(tmp_path / "run")
+    layout = Layout(root)
+    keras = RunRecord("keras", "unet", {"epochs": 3}, {"train": ["a"], "val": ["b"]}, status="finished", epochs=3)
+    keras.progress(3, 2, 0.25, 123.4, [40.0, 41.0, 42.0]).write(layout.semantic_model("unet"))
+    torch_run = RunRecord("maskrcnn", "maskrcnn_resnet50_fpn_v2", {"weights": "none"}, status="finished", epochs=2,
+                          details={"device": "cpu"})
+    torch_run.progress(2, 1, 0.5, 77.0, [38.0, 39.0]).write(layout.maskrcnn)
+    page = render_report(root)
+    times = page.split("<h3>Training time</h3>")[1].split("</table>")[0]
+    assert "U-Net" in times and "123.4" in times and "41.0" in times and "finished" in times
+    training = page.split("<h3>Training</h3>")[1].split("</table>")[0]
+    assert "Mask R-CNN (torchvision)" in training and "77.0" in training and "cpu" in training

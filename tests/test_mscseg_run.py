@@ -14,7 +14,8 @@ import pytest
 from data import DatasetError
 from mscseg import run as runner
 from mscseg.config import load_config
-from mscseg.run import Layout, Step
+from mscseg.layout import Layout
+from mscseg.steps import Step
 
 CALLS: list[tuple[str, bool, bool]] = []
 BEHAVIOUR: dict[str, str] = {}
@@ -41,8 +42,11 @@ def _action(name: str):
             raise DatasetError("image has no pixels", "img_7.png")
         if mode == "crash":
             raise ValueError("boom in the middle")
-        settings = ctx.settings
-        target.write_text(f"{settings.semantic.image_size} {settings.semantic.epochs}")
+        if mode == "undeclared":
+            print(ctx.settings.semantic.seed)
+        values = [ctx.settings.semantic.image_size if name == "prepare" else 64,
+                  ctx.settings.semantic.epochs if name == "train" else 1]
+        target.write_text(" ".join(map(str, values)))
     return action
 
 
@@ -51,16 +55,11 @@ def toy_steps(settings) -> list[Step]:
         return lambda layout: [_target(layout.root, name).parent if name == "train" else _target(layout.root, name)]
 
     steps = [
-        Step("prepare", "data", (), output("prepare"), lambda st: {"size": st.semantic.image_size}, _action("prepare")),
-        Step("train", "semantic", ("prepare",), output("train"), lambda st: {"epochs": st.semantic.epochs},
-             _action("train"), resumable=True),
-        Step("evaluate", "semantic", ("train",), output("evaluate"), lambda st: {}, _action("evaluate")),
-        Step("missing", "instance", ("prepare",), output("missing"), lambda st: {}, _action("missing"),
-             needs=("mscseg.no_such_module:anything",)),
-        Step("after_missing", "instance", ("missing",), output("after_missing"), lambda st: {}, _action("after_missing")),
+        Step("prepare", (), output("prepare"), ("semantic.image_size",), _action("prepare")),
+        Step("train", ("prepare",), output("train"), ("semantic.epochs",), _action("train"), resumable=True),
+        Step("evaluate", ("train",), output("evaluate"), (), _action("evaluate")),
     ]
-    steps.append(Step("report", "report", tuple(s.name for s in steps), output("report"), lambda st: {},
-                      _action("report"), derived=True))
+    steps.append(Step("report", tuple(s.name for s in steps), output("report"), (), _action("report"), derived=True))
     return steps
 
 
@@ -90,11 +89,8 @@ def names(calls) -> list[str]:
 def test_first_run_runs_every_available_step_then_skips(toy, capsys):
     assert toy() == 0
     assert names(CALLS) == ["prepare", "train", "evaluate", "report"]
-    console = capsys.readouterr().out
-    assert "missing" in console and "not available yet (mscseg/no_such_module.py missing)" in console
-    assert "after_missing" in console and "needs missing" in console
     stamp = json.loads((toy.out / ".stamps" / "train.json").read_text())
-    assert stamp["status"] == "done" and stamp["settings"] == {"epochs": 1} and stamp["deps"]["prepare"]
+    assert stamp["status"] == "done" and stamp["settings"] == {"semantic.epochs": 1} and stamp["inputs"]["prepare"]
     assert (toy.out / "config.json").is_file()
     assert toy() == 0
     assert CALLS == []
@@ -106,7 +102,7 @@ def test_step_output_goes_to_its_log_not_the_console(toy, capsys):
     console = capsys.readouterr().out
     assert "hello from" not in console
     assert "hello from train" in (toy.out / "logs" / "train.log").read_text()
-    assert "[ 2/6] train" in console and "done in" in console
+    assert "[ 2/4] train" in console and "done in" in console
 
 
 def test_changed_setting_refuses_then_overwrite_reruns_it_and_what_follows(toy, capsys):
@@ -114,7 +110,7 @@ def test_changed_setting_refuses_then_overwrite_reruns_it_and_what_follows(toy, 
     capsys.readouterr()
     assert toy(epochs=2) == 2
     error = capsys.readouterr().err
-    assert "train (settings changed: epochs 1 -> 2)" in error and "--overwrite" in error and "--out" in error
+    assert "train (settings changed: semantic.epochs 1 -> 2)" in error and "evaluate (train reruns)" in error and "--overwrite" in error and "--out" in error
     assert "\n" not in error.strip()
     assert CALLS == [] and (toy.out / "train" / "run.json").read_text() == "64 1"
     assert toy("--overwrite", epochs=2) == 0
@@ -194,7 +190,7 @@ def test_list_shows_states_without_running(toy, capsys):
     assert CALLS == []
     lines = {line.split()[0]: line for line in listing.splitlines()[1:]}
     assert "done" in lines["prepare"] and "changed" in lines["train"] and "needs --overwrite" in lines["train"]
-    assert "unavailable" in lines["missing"] and "blocked" in lines["after_missing"]
+    assert "stale" in lines["evaluate"] and "needs --overwrite" in lines["evaluate"]
 
 
 def test_bad_config_exits_2_with_one_line(tmp_path, capsys):
@@ -305,3 +301,10 @@ def test_tiny_end_to_end_writes_every_file_of_the_layout(tiny_run, capsys, monke
     assert runner.main(["--config", "tiny", "--out", str(tiny_run)]) == 0
     console = capsys.readouterr().out
     assert console.count("skipped (up to date)") == len(steps) and "running" not in console
+
+
+def test_an_action_reading_an_undeclared_setting_crashes_with_the_setting_named(toy, capsys):
+    BEHAVIOUR["prepare"] = "undeclared"
+    assert toy() == 1
+    assert "step prepare crashed (UndeclaredSetting)" in capsys.readouterr().err
+    assert "reads setting 'semantic.seed', which it does not declare" in (toy.out / "logs" / "prepare.log").read_text()

@@ -20,24 +20,27 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import platform
 import sys
 import time
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
 from data.cli import add_dataset_arguments, make_parser, open_dataset, run_cli
-from data.outputs import check_can_write, write_csv, write_json
+from data.errors import MscsegError
+from data.outputs import check_can_write
+from data.run_record import HISTORY_CSV, RUN_JSON, RunRecord, check_resume, library_versions, read_record
 
 from .errors import InstsegError
 from .weights import COCO_WEIGHTS_FILE, ensure_coco_weights
 
+_versions = library_versions  # torch_instseg.sam records versions through this name
 MODEL_NAME = "maskrcnn_resnet50_fpn_v2"
 AUGMENTATION = {"hflip": 0.5, "vflip": 0.3, "rot90": 0.3}
 LOSS_COMPONENTS = ("loss_classifier", "loss_box_reg", "loss_mask", "loss_objectness", "loss_rpn_box_reg")
-RUN_FILES = ("run.json", "history.csv", "best.pt", "last.pt")
+RUN_FILES = (RUN_JSON, HISTORY_CSV, "best.pt", "last.pt")
 DEFAULT_MIN_SIZE = 800
 DEFAULT_MAX_SIZE = 1333
 RESUME_MUST_MATCH = (
@@ -292,25 +295,70 @@ def freeze_batchnorm(model) -> None:
             module.eval()
 
 
-# ---------------------------------------------------------------- training
+# ---------------------------------------------------------------- training (torchvision references: check, load or resume, train one epoch, evaluate, checkpoint)
 
-def _versions() -> dict[str, str]:
-    versions = {"python": platform.python_version(), "numpy": np.__version__}
-    try:
-        import torch
-        import torchvision
+@dataclass
+class MaskRCNNSettings:
+    """Every setting of a Mask R-CNN training run (the paper's defaults); stored in run.json.
 
-        versions["torch"] = torch.__version__
-        versions["torchvision"] = torchvision.__version__
-    except ImportError:
-        pass
-    try:
-        from importlib.metadata import version
+    image_size: None keeps the native size (the model then resizes internally with
+    min_size/max_size, default torchvision's 800/1333); N resizes every image to N x N once
+    and sets min_size = max_size = N. warmup_iters: None = the first epoch's iterations (at
+    most 1000), 0 = none. max_minutes: stop after the epoch that passes this wall time.
+    model_options: extra torchvision ``MaskRCNN`` arguments (see ``build_maskrcnn``).
+    """
 
-        versions["mscseg"] = version("mscseg")
-    except Exception:  # noqa: BLE001 - not installed as a distribution
-        pass
-    return versions
+    image_size: int | None = None
+    epochs: int = 50
+    batch_size: int = 2
+    lr: float = 3e-3
+    weight_decay: float = 5e-4
+    weights: str | None = "coco"
+    detections_per_image: int = 300
+    seed: int = 0
+    min_size: int | None = None
+    max_size: int | None = None
+    plateau_factor: float = 0.1
+    plateau_patience: int = 5
+    warmup_iters: int | None = None
+    augmentation: dict[str, float] | None = None
+    num_workers: int = 0
+    max_minutes: float | None = None
+    model_options: dict[str, Any] = field(default_factory=dict)
+
+    def checked(self) -> "MaskRCNNSettings":
+        """A copy with defaults filled in; ``InstsegError`` for a bad value."""
+        for name in ("epochs", "batch_size"):
+            if int(getattr(self, name)) < 1:
+                raise InstsegError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if not self.lr > 0 or not math.isfinite(self.lr) or not self.weight_decay >= 0:
+            raise InstsegError(f"lr must be positive and weight decay non-negative (got lr={self.lr}, weight_decay={self.weight_decay})")
+        if self.image_size is not None and int(self.image_size) < 32:
+            raise InstsegError(f"image size must be at least 32 pixels, got {self.image_size}")
+        size = int(self.image_size) if self.image_size else None
+        return replace(
+            self, image_size=size, epochs=int(self.epochs), batch_size=int(self.batch_size), lr=float(self.lr),
+            weight_decay=float(self.weight_decay), weights=weights_source(self.weights),
+            min_size=size or int(self.min_size or DEFAULT_MIN_SIZE), max_size=size or int(self.max_size or DEFAULT_MAX_SIZE),
+            augmentation=dict(AUGMENTATION if self.augmentation is None else self.augmentation),
+            model_options=dict(self.model_options or {}),
+        )
+
+    def to_record(self) -> dict[str, Any]:
+        return {**asdict(self), "optimizer": "AdamW", "scheduler": "ReduceLROnPlateau(val_loss)"}
+
+
+@dataclass
+class TrainingState:
+    """What a checkpoint restores: model, optimiser, scheduler, and where training stands."""
+
+    model: Any
+    optimizer: Any
+    scheduler: Any
+    start_epoch: int = 0
+    best_loss: float = math.inf
+    best_epoch: int = 0
+    history: list[dict] = field(default_factory=list)
 
 
 def _load_arrays(dataset, names: Sequence[str], image_size: int | None) -> tuple[list[np.ndarray], list[np.ndarray]]:
@@ -371,103 +419,68 @@ def _epoch_losses(model, loader, device, optimizer=None, warmup=None, progress=N
     return {key: float(totals[i]) / count_all for i, key in enumerate(sums)}
 
 
-def _settings_dict(**settings: Any) -> dict[str, Any]:
-    return {key: (dict(value) if isinstance(value, dict) else value) for key, value in settings.items()}
-
-
-def train_maskrcnn(
-    dataset,
-    split: dict,
-    out_dir: str | Path,
-    *,
-    image_size: int | None = None,
-    epochs: int = 50,
-    batch_size: int = 2,
-    lr: float = 3e-3,
-    weight_decay: float = 5e-4,
-    weights: str | os.PathLike | None = "coco",
-    detections_per_image: int = 300,
-    resume: bool = False,
-    overwrite: bool = False,
-    device: str | None = None,
-    num_workers: int = 0,
-    seed: int = 0,
-    quiet: bool = False,
-    split_path: str | Path | None = None,
-    min_size: int | None = None,
-    max_size: int | None = None,
-    plateau_factor: float = 0.1,
-    plateau_patience: int = 5,
-    warmup_iters: int | None = None,
-    augmentation: dict[str, float] | None = None,
-    max_minutes: float | None = None,
-    download: bool = True,
-    model_options: dict[str, Any] | None = None,
-) -> dict:
-    """Train Mask R-CNN on ``split["train"]``, validate on ``split["val"]``; returns run.json's content.
-
-    image_size: None keeps the native size (the model then resizes internally with
-    min_size/max_size, default torchvision's 800/1333); N resizes every image to N x N once
-    and sets the model's min_size = max_size = N. warmup_iters: None = the first epoch's
-    iterations (at most 1000), 0 = none. max_minutes: stop after the epoch that passes this
-    wall time (status "stopped: time budget"; ``resume=True`` continues). model_options:
-    extra torchvision ``MaskRCNN`` arguments (see ``build_maskrcnn``), recorded. Raises
-    ``InstsegError``/``DatasetError`` for bad input before anything is written.
-    """
-    torch, torchvision = import_torch()
-    out_dir = Path(out_dir)
-    for name, value in (("epochs", epochs), ("batch_size", batch_size)):
-        if int(value) < 1:
-            raise InstsegError(f"{name} must be at least 1, got {value}")
-    if not lr > 0 or weight_decay < 0:
-        raise InstsegError(f"lr must be positive and weight decay non-negative (got lr={lr}, weight_decay={weight_decay})")
-    if image_size is not None and int(image_size) < 32:
-        raise InstsegError(f"image size must be at least 32 pixels, got {image_size}")
-    train_names = list(split.get("train", []))
-    val_names = list(split.get("val", []))
+def check_training_inputs(settings: MaskRCNNSettings, split: dict, split_path: str | Path | None, resume: bool,
+                          download: bool) -> tuple[list[str], list[str]]:
+    """(train names, val names) after checking the split and the initial weights."""
+    train_names, val_names = list(split.get("train", [])), list(split.get("val", []))
     if not train_names:
         raise InstsegError(f"{split_path or 'split'}: the split has no training images")
-    if image_size:
-        min_size = max_size = int(image_size)
-    min_size = int(min_size or DEFAULT_MIN_SIZE)
-    max_size = int(max_size or DEFAULT_MAX_SIZE)
-    augmentation = dict(AUGMENTATION if augmentation is None else augmentation)
-    settings = _settings_dict(
-        image_size=int(image_size) if image_size else None, epochs=int(epochs), batch_size=int(batch_size), lr=float(lr),
-        weight_decay=float(weight_decay), weights=weights_source(weights), detections_per_image=int(detections_per_image),
-        seed=int(seed), min_size=min_size, max_size=max_size, plateau_factor=float(plateau_factor),
-        plateau_patience=int(plateau_patience), warmup_iters=warmup_iters, augmentation=augmentation,
-        optimizer="AdamW", scheduler="ReduceLROnPlateau(val_loss)", num_workers=int(num_workers), max_minutes=max_minutes,
-        model_options=dict(model_options or {}),
-    )
-
-    if settings["weights"] == "coco" and not resume:
+    if settings.weights == "coco" and not resume:
         ensure_coco_weights(download)
-    elif settings["weights"] != "none" and not resume and not Path(settings["weights"]).is_file():
-        raise InstsegError(f"{settings['weights']}: weights file not found")
-    world, rank, local_rank = _distributed()
-    is_main = rank == 0
-    run_json = out_dir / "run.json"
-    previous: dict | None = None
-    if resume:
-        if not (out_dir / "last.pt").is_file() or not run_json.is_file():
-            raise InstsegError(f"{out_dir}: nothing to resume (no last.pt and run.json); start without --resume")
-        import json
+    elif settings.weights != "none" and not resume and not Path(settings.weights).is_file():
+        raise InstsegError(f"{settings.weights}: weights file not found")
+    return train_names, val_names
 
-        previous = json.loads(run_json.read_text())
-        old = previous.get("settings", {})
-        differ = [f"{key}={old.get(key)!r} (now {settings[key]!r})" for key in RESUME_MUST_MATCH if old.get(key) != settings[key]]
-        if differ:
-            raise InstsegError(f"{run_json}: cannot resume with other settings: {', '.join(differ)}; pass the same ones, or start over with --overwrite")
-        old_split = previous.get("split", {})
-        if old_split.get("train") != train_names or old_split.get("val") != val_names:
-            raise InstsegError(f"{run_json}: the split differs from the one this run was trained on; resume with the same split")
-    elif not overwrite:
+
+def load_or_resume_record(out_dir: Path, settings: MaskRCNNSettings, split_record: dict, resume: bool,
+                          overwrite: bool) -> RunRecord:
+    """The run record to continue (``resume``: same settings and split) or a new one; refuses to overwrite."""
+    if resume:
+        if not (out_dir / "last.pt").is_file():
+            raise InstsegError("nothing to resume (no last.pt); start without --resume", out_dir)
+        try:
+            previous = read_record(out_dir)
+            check_resume(previous, settings.to_record(), RESUME_MUST_MATCH, split_record, out_dir / RUN_JSON)
+        except MscsegError as error:
+            raise InstsegError(error.problem, error.path) from None
+        previous.settings, previous.epochs, previous.status = settings.to_record(), settings.epochs, "running"
+        return previous
+    if not overwrite:
         for name in RUN_FILES:
             check_can_write(out_dir / name, overwrite=False)
+    return RunRecord("maskrcnn", MODEL_NAME, settings.to_record(), split_record, epochs=settings.epochs)
 
-    train_images, train_labels = _load_arrays(dataset, train_names, image_size)
-    val_images, val_labels = _load_arrays(dataset, val_names, image_size)
+
+def build_training_state(settings: MaskRCNNSettings, device, out_dir: Path, resume: bool, download: bool) -> TrainingState:
+    """Model, AdamW and ReduceLROnPlateau; on ``resume`` all three (and the history) from ``last.pt``."""
+    import torch
+
+    torch.manual_seed(settings.seed)
+    model = build_maskrcnn("none" if resume else settings.weights, detections_per_image=settings.detections_per_image,
+                           min_size=settings.min_size, max_size=settings.max_size, download=download, **settings.model_options)
+    model.to(device)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=settings.lr,
+                                  weight_decay=settings.weight_decay)
+    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=settings.plateau_factor,
+                                                           patience=settings.plateau_patience)
+    state = TrainingState(model, optimizer, scheduler)
+    if resume:
+        checkpoint = torch.load(str(out_dir / "last.pt"), map_location="cpu", weights_only=False)
+        model.load_state_dict(checkpoint["model"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        scheduler.load_state_dict(checkpoint["scheduler"])
+        state.start_epoch = int(checkpoint["epoch"])
+        state.best_loss = float(checkpoint.get("best_loss", math.inf))
+        state.best_epoch = int(checkpoint.get("best_epoch", 0))
+        if (out_dir / HISTORY_CSV).is_file():
+            import pandas as pd
+
+            state.history = pd.read_csv(out_dir / HISTORY_CSV).to_dict("records")[:state.start_epoch]
+    return state
+
+
+def _resolve_training_device(device: str | None, local_rank: int, world: int):
+    import torch
 
     if world > 1 and not torch.distributed.is_initialized():
         backend = "nccl" if (device in (None, "cuda", "auto") and torch.cuda.is_available()) else "gloo"
@@ -475,164 +488,204 @@ def train_maskrcnn(
     if world > 1 and torch.cuda.is_available() and device in (None, "cuda", "auto"):
         torch_device = torch.device("cuda", local_rank)
         torch.cuda.set_device(torch_device)
-    else:
-        torch_device = resolve_device(device)
+        return torch_device
+    return resolve_device(device)
 
-    if is_main and overwrite and not resume:
-        for name in RUN_FILES:
-            (out_dir / name).unlink(missing_ok=True)
-    torch.manual_seed(seed)
-    model = build_maskrcnn(
-        "none" if resume else weights, detections_per_image=detections_per_image, min_size=min_size, max_size=max_size,
-        download=download, **settings["model_options"],
-    )
-    model.to(torch_device)
-    parameters = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(parameters, lr=lr, weight_decay=weight_decay)
-    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=plateau_factor, patience=plateau_patience)
 
-    start_epoch, best_loss, best_epoch, wall_before = 0, math.inf, 0, 0.0
-    history: list[dict] = []
-    if resume:
-        checkpoint = torch.load(str(out_dir / "last.pt"), map_location="cpu", weights_only=False)
-        model.load_state_dict(checkpoint["model"])
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        scheduler.load_state_dict(checkpoint["scheduler"])
-        start_epoch = int(checkpoint["epoch"])
-        best_loss = float(checkpoint.get("best_loss", math.inf))
-        best_epoch = int(checkpoint.get("best_epoch", 0))
-        wall_before = float(previous.get("wall_time_s", 0.0)) if previous else 0.0
-        if (out_dir / "history.csv").is_file():
-            import pandas as pd
+def _loaders(settings: MaskRCNNSettings, arrays: tuple, device, world: int):
+    """(train loader, its sampler or None, validation loader or None)."""
+    import torch
 
-            history = pd.read_csv(out_dir / "history.csv").to_dict("records")[:start_epoch]
-
-    train_set = InstanceTrainingSet(train_images, train_labels, augmentation, seed)
-    val_set = InstanceTrainingSet(val_images, val_labels, None, seed)
+    train_images, train_labels, val_images, val_labels = arrays
+    train_set = InstanceTrainingSet(train_images, train_labels, settings.augmentation, settings.seed)
+    val_set = InstanceTrainingSet(val_images, val_labels, None, settings.seed)
     train_sampler = val_sampler = None
     if world > 1:
         from torch.utils.data.distributed import DistributedSampler
 
-        train_sampler = DistributedSampler(train_set, shuffle=True, seed=seed)
+        train_sampler = DistributedSampler(train_set, shuffle=True, seed=settings.seed)
         val_sampler = DistributedSampler(val_set, shuffle=False) if len(val_set) else None
-    generator = torch.Generator().manual_seed(seed)
-    loader_options = {"batch_size": batch_size, "collate_fn": collate, "num_workers": num_workers, "pin_memory": torch_device.type == "cuda"}
-    train_loader = torch.utils.data.DataLoader(train_set, shuffle=train_sampler is None, sampler=train_sampler, generator=generator, **loader_options)
-    val_loader = torch.utils.data.DataLoader(val_set, shuffle=False, sampler=val_sampler, **loader_options) if len(val_set) else None
-    net = model
-    if world > 1:
-        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[torch_device.index] if torch_device.type == "cuda" else None)
+    options = {"batch_size": settings.batch_size, "collate_fn": collate, "num_workers": settings.num_workers,
+               "pin_memory": device.type == "cuda"}
+    train_loader = torch.utils.data.DataLoader(train_set, shuffle=train_sampler is None, sampler=train_sampler,
+                                               generator=torch.Generator().manual_seed(settings.seed), **options)
+    val_loader = torch.utils.data.DataLoader(val_set, shuffle=False, sampler=val_sampler, **options) if len(val_set) else None
+    return train_loader, train_sampler, val_loader
 
-    iterations_per_epoch = len(train_loader)
-    warmup_total = min(1000, max(iterations_per_epoch - 1, 0)) if warmup_iters is None else int(warmup_iters)
+
+def make_warmup(optimizer, total: int, start_iteration: int) -> Callable[[], None]:
+    """A function called before each step: linear warm-up of the lr from 0.1% over ``total`` iterations."""
     base_lrs = [group["lr"] for group in optimizer.param_groups]
-    step = {"iteration": start_epoch * iterations_per_epoch}
+    step = {"iteration": start_iteration}
 
     def warmup() -> None:
         iteration = step["iteration"]
         step["iteration"] += 1
-        if iteration < warmup_total:
-            factor = 0.001 + (1.0 - 0.001) * iteration / warmup_total
+        if iteration < total:
+            factor = 0.001 + (1.0 - 0.001) * iteration / total
             for group, base in zip(optimizer.param_groups, base_lrs):
                 group["lr"] = base * factor
-        elif iteration == warmup_total and warmup_total > 0:
+        elif iteration == total and total > 0:
             for group, base in zip(optimizer.param_groups, base_lrs):
                 group["lr"] = base
 
+    return warmup
+
+
+def train_one_epoch(net, loader, sampler, device, optimizer, warmup, epoch: int, progress) -> dict[str, float]:
+    """Mean training losses of one epoch (augmentation drawn for ``epoch``)."""
+    loader.dataset.set_epoch(epoch)
+    if sampler is not None:
+        sampler.set_epoch(epoch)
+    net.train()
+    return _epoch_losses(net, loader, device, optimizer, warmup, progress)
+
+
+def evaluate_loss(net, loader, device, seed: int) -> dict[str, float]:
+    """Mean validation losses: train mode (torchvision returns losses only there), BatchNorm frozen, no gradients, fixed seed."""
+    import torch
+
+    net.train()
+    freeze_batchnorm(net)
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        return _epoch_losses(net, loader, device)
+
+
+def save_checkpoint(out_dir: Path, state: TrainingState, epoch: int, improved: bool, monitored: float) -> None:
+    """``last.pt`` (model, optimiser, scheduler, counters) and, when ``improved``, ``best.pt``, each atomically."""
+    import torch
+
+    weights = state.model.state_dict()
+    if improved:
+        torch.save({"model": weights, "epoch": epoch, "monitored_loss": monitored}, _partial(out_dir / "best.pt"))
+        os.replace(_partial(out_dir / "best.pt"), out_dir / "best.pt")
+    torch.save({"model": weights, "optimizer": state.optimizer.state_dict(), "scheduler": state.scheduler.state_dict(),
+                "epoch": epoch, "best_loss": state.best_loss, "best_epoch": state.best_epoch}, _partial(out_dir / "last.pt"))
+    os.replace(_partial(out_dir / "last.pt"), out_dir / "last.pt")
+
+
+def _history_row(epoch: int, train: dict[str, float], val: dict[str, float] | None, lr: float, seconds: float) -> dict:
+    row = {"epoch": epoch, "train_loss": train["loss"], "val_loss": val["loss"] if val else float("nan"), "lr": lr,
+           "time_s": seconds}
+    row.update({f"train_{name}": train[name] for name in LOSS_COMPONENTS})
+    row.update({f"val_{name}": (val[name] if val else float("nan")) for name in LOSS_COMPONENTS})
+    return row
+
+
+def train_maskrcnn(
+    dataset,
+    split: dict,
+    out_dir: str | Path,
+    settings: MaskRCNNSettings | None = None,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    device: str | None = None,
+    quiet: bool = False,
+    split_path: str | Path | None = None,
+    download: bool = True,
+    **options: Any,
+) -> dict:
+    """Train Mask R-CNN on ``split["train"]``, validate on ``split["val"]``; returns run.json's content.
+
+    ``settings`` (or its fields as keyword ``options``) are the recipe; ``resume`` continues
+    from ``last.pt`` (same settings and split), ``overwrite`` replaces a previous run.
+    A time budget stops with status "stopped: time budget". Bad input raises
+    ``InstsegError``/``DatasetError`` before anything is written.
+    """
+    torch, _ = import_torch()
+    try:
+        settings = replace(settings or MaskRCNNSettings(), **options).checked()
+    except TypeError as error:
+        raise InstsegError(f"unknown Mask R-CNN setting ({error})") from None
+    out_dir = Path(out_dir)
+    train_names, val_names = check_training_inputs(settings, split, split_path, resume, download)
+    split_record = {"path": str(split_path) if split_path else None, "seed": split.get("seed"),
+                    "train": train_names, "val": val_names}
+    record = load_or_resume_record(out_dir, settings, split_record, resume, overwrite)
+    arrays = (*_load_arrays(dataset, train_names, settings.image_size), *_load_arrays(dataset, val_names, settings.image_size))
+    world, rank, local_rank = _distributed()
+    is_main = rank == 0
+    torch_device = _resolve_training_device(device, local_rank, world)
+    if is_main and overwrite and not resume:
+        for name in RUN_FILES:
+            (out_dir / name).unlink(missing_ok=True)
+    state = build_training_state(settings, torch_device, out_dir, resume, download)
+    train_loader, train_sampler, val_loader = _loaders(settings, arrays, torch_device, world)
+    net = state.model
+    if world > 1:
+        net = torch.nn.parallel.DistributedDataParallel(state.model, device_ids=[torch_device.index] if torch_device.type == "cuda" else None)
+    record.details.update({
+        "task": "instance segmentation (2 classes: background, cell)",
+        "weights_source": settings.weights if settings.weights != "coco" else f"coco ({COCO_WEIGHTS_FILE})",
+        "n_train": len(train_names), "n_val": len(val_names), "device": str(torch_device), "world_size": world,
+        "files": {"best": "best.pt", "last": "last.pt", "history": HISTORY_CSV},
+        "best_by": "val_loss" if val_loader is not None else "train_loss (no validation images)",
+    })
+    try:
+        status = _epochs(settings, state, net, (train_loader, train_sampler, val_loader), torch_device, out_dir, record,
+                         is_main, not quiet and is_main)
+    except (KeyboardInterrupt, InstsegError) as error:
+        if is_main and (out_dir / RUN_JSON).is_file():
+            record.status = "stopped: interrupted" if isinstance(error, KeyboardInterrupt) else f"failed: {error.problem}"
+            record.write(out_dir)
+        raise
+    epochs_done = state.history[-1]["epoch"] if state.history else state.start_epoch
+    record.progress(epochs_done, state.best_epoch, state.best_loss, record.wall_time_s, [r["time_s"] for r in state.history], status)
+    if is_main:
+        record.write(out_dir, state.history)
+    if world > 1:
+        torch.distributed.barrier()
+    return record.to_dict()
+
+
+def _epochs(settings: MaskRCNNSettings, state: TrainingState, net, loaders: tuple, device, out_dir: Path,
+            record: RunRecord, is_main: bool, show: bool) -> str:
+    """Train from ``state.start_epoch`` to ``settings.epochs``, checkpointing each epoch; returns the final status."""
     from tqdm.auto import tqdm
 
-    show = not quiet and is_main
-    started = time.time()
-    record = {
-        "model": MODEL_NAME, "task": "instance segmentation (2 classes: background, cell)", "settings": settings,
-        "weights_source": settings["weights"] if settings["weights"] != "coco" else f"coco ({COCO_WEIGHTS_FILE})",
-        "split": {"path": str(split_path) if split_path else None, "seed": split.get("seed"), "train": train_names, "val": val_names},
-        "n_train": len(train_names), "n_val": len(val_names), "device": str(torch_device), "world_size": world,
-        "versions": _versions(), "files": {"best": "best.pt", "last": "last.pt", "history": "history.csv"},
-        "best_by": "val_loss" if val_loader is not None else "train_loss (no validation images)",
-        "started": previous.get("started") if previous else time.strftime("%Y-%m-%dT%H:%M:%S"),
-    }
-    status = "finished"
-    epoch = start_epoch
-    epoch_bar = tqdm(range(start_epoch, epochs), desc="epochs", disable=not show, initial=start_epoch, total=epochs)
+    train_loader, train_sampler, val_loader = loaders
+    iterations = len(train_loader)
+    warmup_total = min(1000, max(iterations - 1, 0)) if settings.warmup_iters is None else int(settings.warmup_iters)
+    warmup = make_warmup(state.optimizer, warmup_total, state.start_epoch * iterations)
+    started, wall_before = time.time(), record.wall_time_s if record.epochs_done else 0.0
+    epoch_bar = tqdm(range(state.start_epoch, settings.epochs), desc="epochs", disable=not show, initial=state.start_epoch,
+                     total=settings.epochs)
     for epoch in epoch_bar:
         epoch_started = time.time()
-        train_set.set_epoch(epoch)
-        if train_sampler is not None:
-            train_sampler.set_epoch(epoch)
-        net.train()
-        batches = tqdm(total=iterations_per_epoch, desc=f"epoch {epoch + 1}/{epochs}", leave=False, disable=not show)
+        batches = tqdm(total=iterations, desc=f"epoch {epoch + 1}/{settings.epochs}", leave=False, disable=not show)
         try:
-            train_losses = _epoch_losses(net, train_loader, torch_device, optimizer, warmup, batches)
+            train_losses = train_one_epoch(net, train_loader, train_sampler, device, state.optimizer, warmup, epoch, batches)
         except FloatingPointError as error:
             raise InstsegError(f"{out_dir}: training diverged at epoch {epoch + 1} ({error}); lower --lr (last.pt keeps the last good epoch)") from None
         finally:
             batches.close()
-        val_losses = None
-        if val_loader is not None:
-            net.train()
-            freeze_batchnorm(net)
-            devices = [torch_device] if torch_device.type == "cuda" else []
-            with torch.random.fork_rng(devices=devices):
-                torch.manual_seed(seed)
-                val_losses = _epoch_losses(net, val_loader, torch_device)
+        val_losses = evaluate_loss(net, val_loader, device, settings.seed) if val_loader is not None else None
         monitored = val_losses["loss"] if val_losses is not None else train_losses["loss"]
-        current_lr = optimizer.param_groups[0]["lr"]
-        scheduler.step(monitored)
-        row = {"epoch": epoch + 1, "train_loss": train_losses["loss"], "val_loss": val_losses["loss"] if val_losses else float("nan"),
-               "lr": current_lr, "time_s": time.time() - epoch_started}
-        row.update({f"train_{name}": train_losses[name] for name in LOSS_COMPONENTS})
-        row.update({f"val_{name}": (val_losses[name] if val_losses else float("nan")) for name in LOSS_COMPONENTS})
-        history.append(row)
-        improved = monitored < best_loss
+        current_lr = state.optimizer.param_groups[0]["lr"]
+        state.scheduler.step(monitored)
+        state.history.append(_history_row(epoch + 1, train_losses, val_losses, current_lr, time.time() - epoch_started))
+        improved = monitored < state.best_loss
         if improved:
-            best_loss, best_epoch = monitored, epoch + 1
+            state.best_loss, state.best_epoch = monitored, epoch + 1
+        record.progress(epoch + 1, state.best_epoch, state.best_loss, wall_before + time.time() - started,
+                        [row["time_s"] for row in state.history], "running")
         if is_main:
-            state = model.state_dict()
-            if improved:
-                torch.save({"model": state, "epoch": epoch + 1, "monitored_loss": monitored}, _partial(out_dir / "best.pt"))
-                os.replace(_partial(out_dir / "best.pt"), out_dir / "best.pt")
-            torch.save(
-                {"model": state, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "epoch": epoch + 1,
-                 "best_loss": best_loss, "best_epoch": best_epoch},
-                _partial(out_dir / "last.pt"),
-            )
-            os.replace(_partial(out_dir / "last.pt"), out_dir / "last.pt")
-            _write_progress(out_dir, history, record, epoch + 1, best_epoch, best_loss, wall_before + time.time() - started, "running")
-        epoch_bar.set_postfix(train=f"{row['train_loss']:.3f}", val=f"{row['val_loss']:.3f}")
-        if max_minutes is not None and time.time() - started > 60.0 * max_minutes and epoch + 1 < epochs:
-            status = f"stopped: time budget of {max_minutes} min after epoch {epoch + 1}"
-            break
+            save_checkpoint(out_dir, state, epoch + 1, improved, monitored)
+            record.write(out_dir, state.history)
+        epoch_bar.set_postfix(train=f"{train_losses['loss']:.3f}", val=f"{state.history[-1]['val_loss']:.3f}")
+        if settings.max_minutes is not None and time.time() - started > 60.0 * settings.max_minutes and epoch + 1 < settings.epochs:
+            epoch_bar.close()
+            return f"stopped: time budget of {settings.max_minutes} min after epoch {epoch + 1}"
     epoch_bar.close()
-    epochs_done = history[-1]["epoch"] if history else start_epoch
-    record = _write_progress(out_dir, history, record, epochs_done, best_epoch, best_loss, wall_before + time.time() - started, status, write=is_main)
-    if world > 1:
-        torch.distributed.barrier()
-    return record
+    record.wall_time_s = round(wall_before + time.time() - started, 3)
+    return "finished"
 
 
 def _partial(path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     return path.with_name(path.name + ".partial")
-
-
-def _write_progress(out_dir: Path, history: list[dict], record: dict, epochs_done: int, best_epoch: int, best_loss: float,
-                    wall_time: float, status: str, write: bool = True) -> dict:
-    import pandas as pd
-
-    times = [row["time_s"] for row in history]
-    record = dict(record)
-    record.update({
-        "status": status, "epochs_done": int(epochs_done), "best_epoch": int(best_epoch),
-        "best_loss": None if not math.isfinite(best_loss) else float(best_loss),
-        "wall_time_s": round(float(wall_time), 3), "epoch_time_s_mean": round(float(np.mean(times)), 3) if times else None,
-        "updated": time.strftime("%Y-%m-%dT%H:%M:%S"),
-    })
-    if write:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        write_csv(out_dir / "history.csv", pd.DataFrame(history))
-        write_json(out_dir / "run.json", record)
-    return record
 
 
 # ---------------------------------------------------------------- inference
@@ -642,16 +695,16 @@ def load_model(run_dir: str | Path, which: str = "best", device: str | None = No
 
     The run's image size is kept on the model as ``model.mscseg_image_size`` (None = native).
     """
-    import json
-
     torch, _ = import_torch()
     run_dir = Path(run_dir)
     if which not in ("best", "last"):
         raise InstsegError(f"which must be 'best' or 'last', got '{which}'")
-    run_json = run_dir / "run.json"
-    if not run_json.is_file():
-        raise InstsegError(f"{run_json}: not a Mask R-CNN run folder (run.json missing); train one with instseg-train")
-    settings = json.loads(run_json.read_text()).get("settings", {})
+    if not (run_dir / RUN_JSON).is_file():
+        raise InstsegError("not a Mask R-CNN run folder (run.json missing); train one with instseg-train", run_dir / RUN_JSON)
+    try:
+        settings = read_record(run_dir).settings
+    except MscsegError as error:
+        raise InstsegError(error.problem, error.path) from None
     weights_file = run_dir / f"{which}.pt"
     if not weights_file.is_file():
         raise InstsegError(f"{weights_file}: weights file missing from the run folder")

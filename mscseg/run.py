@@ -50,7 +50,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence, TextIO
 
-from data.cli import make_parser, run_cli
+from data.cli import make_parser, one_line, run_cli
 from data.errors import MscsegError
 
 from .config import Settings, check_inputs, load_config
@@ -565,7 +565,7 @@ def run_step(entry: Planned, settings: Settings, layout: Layout) -> float:
             traceback.print_exc(file=log)
             print(f"=== {step.name} stopped after {time.perf_counter() - started:.1f} s ===", file=log)
             stamp.update(status="interrupted" if isinstance(error, KeyboardInterrupt) else "failed",
-                         error=f"{type(error).__name__}: {_one_line(error, 300)}", stopped=_now())
+                         error=f"{type(error).__name__}: {one_line(error, 300)}", stopped=_now())
             write_stamp(layout, step.name, stamp)
             raise
         wall = time.perf_counter() - started
@@ -730,11 +730,10 @@ def _main(argv: Sequence[str] | None = None) -> int:
             print(f"{label} interrupted; run the same command again to resume (log: {log_name})", file=console, flush=True)
             return 130
         except MscsegError as error:
-            print(f"{label} failed: {_one_line(error)}", file=console, flush=True)
-            print(f"error: step {entry.step.name} failed: {_one_line(error)} (log: {log_name})", file=sys.stderr)
-            return 2
+            print(f"{label} failed: {one_line(error)}", file=console, flush=True)
+            raise RunError(f"step {entry.step.name} failed: {one_line(error)} (log: {log_name})") from None
         except Exception as error:  # noqa: BLE001 - a crash in a step is reported with its log
-            print(f"{label} crashed: {type(error).__name__}: {_one_line(error, 160)}", file=console, flush=True)
+            print(f"{label} crashed: {type(error).__name__}: {one_line(error, 160)}", file=console, flush=True)
             print(f"error: step {entry.step.name} crashed ({type(error).__name__}); the traceback is in {log_name}", file=sys.stderr)
             return 1
         ran += 1
@@ -758,11 +757,6 @@ def _skip_text(entry: Planned) -> str:
     if entry.state == "blocked":
         return f"skipped ({entry.note})"
     return f"skipped ({entry.note or entry.state})"
-
-
-def _one_line(error: BaseException, limit: int | None = None) -> str:
-    text = " ".join(str(error).split()) or type(error).__name__
-    return text if limit is None or len(text) <= limit else text[: limit - 3] + "..."
 
 
 if __name__ == "__main__":

@@ -809,3 +809,41 @@ def test_usage_errors_are_one_line_with_the_script_name(capsys):
     assert main(["--probs", "p"]) == 2
     stderr = capsys.readouterr().err
     assert stderr.count("\n") == 1 and stderr.startswith("error: semseg-sweep: ")
+
+
+def test_unwritable_output_folder_is_one_line(tmp_path, capsys, monkeypatch):
+    """Root ignores permission bits, so the check is driven through os.access."""
+    import data.outputs
+
+    probs, masks = sweep_inputs(tmp_path)
+    out = previous_outputs(tmp_path / "out")
+    before = snapshot(out)
+    monkeypatch.setattr(data.outputs.os, "access", lambda path, mode: Path(path) != out)
+    assert sweep_main(["--probs", str(probs), "--masks", str(masks), "--model", "unet", "--out", str(out)]) == 2
+    stderr = capsys.readouterr().err
+    assert stderr == f"error: {out}: output folder is not writable (nothing was written)\n"
+    assert snapshot(out) == before
+
+
+def test_staged_outputs_move_together_or_not_at_all(tmp_path):
+    from data.outputs import staged_outputs
+
+    out = previous_outputs(tmp_path / "out")
+    before = snapshot(out)
+    with pytest.raises(RuntimeError):
+        with staged_outputs(out) as stage:
+            (stage / "a.csv").write_text("new")
+            (stage / "sub").mkdir()
+            (stage / "sub" / "b.csv").write_text("new")
+            raise RuntimeError("stopped half way")
+    assert snapshot(out) == before
+    with staged_outputs(out) as stage:
+        (stage / "previous.csv").write_text("replaced")
+        (stage / "sub").mkdir()
+        (stage / "sub" / "b.csv").write_text("new")
+    assert snapshot(out) == {"previous.csv": b"replaced", "sub": None, "sub/b.csv": b"new"}
+    fresh = tmp_path / "new" / "deeper"
+    with pytest.raises(RuntimeError):
+        with staged_outputs(fresh):
+            raise RuntimeError("nothing written")
+    assert not (tmp_path / "new").exists()

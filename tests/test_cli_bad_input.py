@@ -772,8 +772,11 @@ def test_registries_are_the_one_source_of_names():
         assert instance_plots.METHOD_LABELS is METHOD_LABELS and report.METHOD_LABELS is METHOD_LABELS
     defaults = config.Settings()
     assert defaults.semantic.models == list(MODELS) and defaults.instance.sam.modes == list(PROMPT_MODES)
-    for variant in SAM_VARIANTS:
-        assert config.build(config.SamConfig, {"variant": variant}).variant == variant
+    from torch_instseg.weights import SAM_CHECKPOINT_FILES
+
+    for name, variant in SAM_VARIANTS.items():
+        assert config.build(config.SamConfig, {"variant": name}).variant == name
+        assert variant.checkpoint_file == SAM_CHECKPOINT_FILES.get(name)
 
 
 # ---------------------------------------------------------------- the installed scripts

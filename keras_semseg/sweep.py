@@ -23,6 +23,9 @@ Combining models: run once per model with the same --out. Rows of the other mode
 per_image.csv are kept; a model not yet there is added. Rerunning a model that is
 already there needs --overwrite and then replaces that model's rows only. summary.csv,
 optimal.csv and table1.csv are always recomputed from the combined per_image.csv.
+Every map and mask is read and checked before anything is written; the four files are
+written beside their targets and moved into place together, so a failure leaves the
+previous four exactly as they were.
 
 Dice = 2TP / (2TP + FP + FN), Jaccard = TP / (TP + FP + FN), PA = (TP + TN) / all pixels;
 when truth and prediction are both empty, Dice = Jaccard = 1.

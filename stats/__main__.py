@@ -66,6 +66,8 @@ def run(args: argparse.Namespace) -> list[str]:
     from .inputs import coerce_metrics, prepare, read_table
     from .plots import figure3
 
+    if args.at_optimal is not None and not args.at_optimal.is_file():
+        raise StatsError("optimal-threshold table not found", args.at_optimal)
     frame = read_table(args.per_image, "per-image table")
     metrics = args.metrics or _default_metrics(frame)
     frame, coerced = coerce_metrics(frame, metrics, args.dropna)

@@ -814,7 +814,8 @@ def predict_to_coco(
     ids = coco.image_id_by_name(gt)
     missing = [name for name in names if name not in ids]
     if missing:
-        raise InstsegError(f"{len(missing)} image(s) not in the ground truth: {', '.join(missing[:10])}")
+        raise InstsegError(f"{len(missing)} image(s) of the split not in the ground truth: {', '.join(missing[:10])}",
+                           None if isinstance(gt, dict) else gt)
     samples = dataset.subset(list(names))
     model = load_model(run_dir, which=which, device=device)
     from tqdm.auto import tqdm

@@ -377,7 +377,8 @@ def run_sam(
     ids = coco.image_id_by_name(gt_obj)
     missing = [name for name in names if name not in ids]
     if missing:
-        raise InstsegError(f"{len(missing)} image(s) not in the ground truth: {', '.join(missing[:10])}")
+        raise InstsegError(f"{len(missing)} image(s) of the split not in the ground truth: {', '.join(missing[:10])}",
+                           None if isinstance(gt, dict) else gt)
     detections = coco.load_results(maskrcnn_json, gt_obj)
     by_image: dict[int, list[dict]] = {}
     for detection in detections:

@@ -380,11 +380,7 @@ def train_model(
         model, strategy = build_compiled_model(settings, weights_path, out_dir, epochs_done)
         if overwrite:
             _remove_previous(out_dir)
-        record = previous or RunRecord("keras", model_name, {}, split_record)
-        record.settings, record.split, record.epochs, record.status = settings.to_record(), split_record, settings.epochs, "running"
-        record.details.update(devices={"gpus": len(tf.config.list_physical_devices("GPU")), "strategy": type(strategy).__name__,
-                                       "replicas": strategy.num_replicas_in_sync},
-                              data_cached_in_memory=cached, parameters=int(model.count_params()))
+        record = _start_record(previous, settings, split_record, model, strategy, cached)
         record.write(out_dir)
         wall_before = record.wall_time_s
         fit_epochs(model, batches, settings, record, out_dir, quiet, started, wall_before)
@@ -396,6 +392,19 @@ def train_model(
         return record.to_dict()
     finally:
         tf.keras.mixed_precision.set_global_policy(previous_policy)
+
+
+def _start_record(previous: RunRecord | None, settings: TrainSettings, split_record: dict, model: Any, strategy: Any,
+                  cached: bool) -> RunRecord:
+    """The run record this call continues (``previous``) or starts, set to 'running'."""
+    import tensorflow as tf
+
+    record = previous or RunRecord("keras", settings.model, {}, split_record)
+    record.settings, record.split, record.epochs, record.status = settings.to_record(), split_record, settings.epochs, "running"
+    record.details.update(devices={"gpus": len(tf.config.list_physical_devices("GPU")), "strategy": type(strategy).__name__,
+                                   "replicas": strategy.num_replicas_in_sync},
+                          data_cached_in_memory=cached, parameters=int(model.count_params()))
+    return record
 
 
 def _batches(dataset: Dataset, train: list[str], val: list[str], settings: TrainSettings) -> tuple[tuple, bool]:

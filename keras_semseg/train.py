@@ -28,6 +28,7 @@ from data.outputs import write_csv, write_json
 
 from .errors import SemsegError
 from .registry import TENSORFLOW_HINT, check_image_size, get_entry
+from .tf_env import tensorflow
 
 HISTORY_COLUMNS = ["epoch", "loss", "pixel_accuracy", "val_loss", "val_pixel_accuracy", "time_s"]
 RUN_FILES = ("run.json", "history.csv", "best.weights.h5", "last.weights.h5", "last.optimizer.npz")
@@ -146,7 +147,7 @@ def _save_weights(model: Any, path: Path) -> None:
 
 def make_optimizer() -> Any:
     """Adam with the Keras defaults (lr 1e-3, betas 0.9/0.999, epsilon 1e-7), fused update kernels."""
-    import tensorflow as tf
+    tf = tensorflow()
 
     return tf.keras.optimizers.legacy.Adam()
 
@@ -185,7 +186,7 @@ def _restore_optimizer(model: Any, path: Path) -> bool:
 
 def _ensure_built(model: Any, image_size: int) -> None:
     if not model.built:
-        import tensorflow as tf
+        tf = tensorflow()
 
         model(tf.zeros((1, image_size, image_size, 3), tf.float32), training=False)
 
@@ -205,7 +206,7 @@ def _history_rows(path: Path, epochs_done: int) -> list[dict]:
 
 def _make_callback(out_dir: Path, record: dict, rows: list[dict], quiet: bool, started: float, wall_before: float) -> Any:
     import pandas as pd
-    import tensorflow as tf
+    tf = tensorflow()
 
     class EpochRecorder(tf.keras.callbacks.Callback):
         """Per epoch: history row, last/best weights, optimizer state, run.json; stops on NaN."""
@@ -322,7 +323,7 @@ def train_model(
 
     weights_path = keras_application_weights(entry.encoder, encoder_weights) if epochs_done == 0 else None
     try:
-        import tensorflow as tf
+        tf = tensorflow()
     except ImportError:
         raise SemsegError(TENSORFLOW_HINT) from None
     from .pipeline import evaluation_dataset, source_dataset, training_dataset

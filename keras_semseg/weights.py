@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import SemsegError
+from .tf_env import tensorflow
 
 KERAS_BASE_URL = "https://storage.googleapis.com/tensorflow/keras-applications/"
 DOWNLOAD_HOST = "storage.googleapis.com"
@@ -83,7 +84,7 @@ def keras_application_weights(app: str, encoder_weights: Any) -> str | None:
         if not _can_reach():
             raise SemsegError(missing_weights_message(app))
         try:
-            from tensorflow import keras
+            keras = tensorflow().keras
         except ImportError:
             raise SemsegError("TensorFlow is not installed; install the Keras half with: pip install -e .[keras]") from None
         try:

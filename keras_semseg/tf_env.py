@@ -9,8 +9,10 @@ Before TensorFlow loads it sets, in ``os.environ``:
 - ``TF_CPP_MIN_LOG_LEVEL=2`` unless already set, and ``GRPC_VERBOSITY=ERROR``: TensorFlow's
   start-up notices (CPU features, oneDNN, missing CUDA) stay off stderr; errors still show.
 
-Nothing happens when keras_semseg is imported; only the first ``tensorflow()`` call changes
-the environment, which is also the moment TensorFlow is imported.
+It also imports triton first when torch's triton is installed (``load_triton_first``), so
+that torch can still be imported later in the same process. Nothing happens when
+keras_semseg is imported; only the first ``tensorflow()`` call changes the environment,
+which is also the moment TensorFlow is imported.
 """
 from __future__ import annotations
 
@@ -25,6 +27,8 @@ from types import ModuleType
 
 from .errors import SemsegError
 
+ABSL_LINE = re.compile(r"^([IWEF])\d{4} \d\d:\d\d:\d+\.\d+ +\d+ [^ :]+:\d+\] (.*)")
+NO_GPU_NOISE = ("failed call to cuInit",)
 
 
 def set_environment() -> None:
@@ -36,8 +40,6 @@ def set_environment() -> None:
     os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 
 
-ABSL_LINE = re.compile(r"^([IWEF])\d{4} \d\d:\d\d:\d+\.\d+ +\d+ [^ :]+:\d+\] (.*)")
-NO_GPU_NOISE = ("failed call to cuInit",)
 ABSL_PREAMBLE = "WARNING: All log messages before absl::InitializeLog() is called are written to STDERR"
 HIDDEN_SEVERITIES = {0: "", 1: "I", 2: "IW", 3: "IWE"}
 
@@ -106,6 +108,18 @@ def _keras_version(tf: ModuleType) -> str:
     return str(version or "unknown")
 
 
+def load_triton_first() -> None:
+    """Import triton (torch's compiler) now if it is installed and TensorFlow is not yet loaded.
+
+    TensorFlow >= 2.19 and triton each carry LLVM; a process that loads TensorFlow first
+    crashes (SIGSEGV) when torch later imports triton, while triton first is safe.
+    """
+    if "tensorflow" in sys.modules or "triton" in sys.modules or importlib.util.find_spec("triton") is None:
+        return
+    with contextlib.suppress(Exception):
+        import triton  # noqa: F401
+
+
 @functools.cache
 def tensorflow() -> ModuleType:
     """``import tensorflow`` with ``tf.keras`` = Keras 2 on TensorFlow 2.15 up to the newest.
@@ -114,6 +128,7 @@ def tensorflow() -> ModuleType:
     not, or when ``tf.keras`` was already set up as Keras 3 before this call.
     """
     set_environment()
+    load_triton_first()
     with _filtered_stderr_fd():
         try:
             import tensorflow as tf

@@ -101,10 +101,11 @@ def _quiet_absl() -> None:
 
 
 def _keras_version(tf: ModuleType) -> str:
-    """Version of the Keras behind ``tf.keras`` (tf-keras has none on its API module; it is Keras 2)."""
+    """Version of the Keras package behind ``tf.keras`` (``tf_keras`` 2.x, ``keras`` 2.15 or ``keras`` 3)."""
     version = getattr(tf.keras, "__version__", None)
-    if version is None and tf.keras.__name__.startswith("tf_keras"):
-        version = getattr(sys.modules.get("tf_keras"), "__version__", "2")
+    if version is None:
+        package = sys.modules.get(tf.keras.__name__.split(".")[0])
+        version = getattr(package, "__version__", None)
     return str(version or "unknown")
 
 

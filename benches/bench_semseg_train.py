@@ -20,7 +20,7 @@ import platform
 import sys
 import time
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from keras_semseg.tf_env import tensorflow
 
 
 def pipeline_throughput(train_batches, n_batches: int, batch_size: int) -> float:
@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
 
-    import tensorflow as tf
+    tf = tensorflow()
 
     from data import in_memory
     from data.synthetic import generate

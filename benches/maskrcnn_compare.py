@@ -13,13 +13,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 
 import numpy as np
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from keras_semseg.tf_env import tensorflow
 
 # Small heads so that a few hundred steps run on a CPU in minutes (the backbone is the full ResNet-50).
 CPU_SETTINGS = {"fpn_channels": 64, "box_head_dim": 128, "mask_head_channels": 32, "rois_per_image": 64,
@@ -45,7 +44,7 @@ def recall(samples, masks_per_image) -> float:
 
 
 def batches(train, batch_size: int, seed: int, target: str):
-    import tensorflow as tf
+    tf = tensorflow()
 
     images = np.stack([s.image for s in train])
     labels = np.stack([s.labels for s in train])[..., None]
@@ -54,7 +53,7 @@ def batches(train, batch_size: int, seed: int, target: str):
 
 
 def run_keras_maskrcnn(train, val, args) -> tuple[dict, object]:
-    import tensorflow as tf
+    tf = tensorflow()
 
     from keras_semseg.models.maskrcnn import build, count_parameters
 
@@ -77,7 +76,7 @@ def run_keras_maskrcnn(train, val, args) -> tuple[dict, object]:
 
 
 def run_unet(train, val, args) -> dict:
-    import tensorflow as tf
+    tf = tensorflow()
 
     import keras_semseg
 

@@ -14,12 +14,14 @@ from dataclasses import asdict, dataclass
 from typing import Any, Iterator, Sequence
 
 import numpy as np
-import tensorflow as tf
 
 from data import Dataset, Sample
 
 from .errors import SemsegError
 from .registry import check_image_size
+from .tf_env import tensorflow
+
+tf = tensorflow()
 
 TARGETS = ("mask", "instances")
 __all__ = ["Augmentation", "augment_batch", "apply_transforms", "check_image_size", "evaluation_dataset", "load_arrays",

@@ -16,6 +16,7 @@ from data.errors import MscsegError
 from data.run_record import RUN_JSON, read_record
 
 from .errors import SemsegError
+from .tf_env import tensorflow
 
 
 def load_run(run_dir: str | Path, which: str = "best") -> tuple[Any, dict]:
@@ -43,7 +44,7 @@ def load_run(run_dir: str | Path, which: str = "best") -> tuple[Any, dict]:
     size = int(settings["image_size"])
     model = build_model(settings["model"], (size, size, 3), encoder_weights=None, **settings.get("model_options", {}))
     if not model.built:
-        import tensorflow as tf
+        tf = tensorflow()
 
         model(tf.zeros((1, size, size, 3), tf.float32), training=False)
     try:
@@ -63,7 +64,7 @@ def _check_image(image: Any, position: int) -> np.ndarray:
 
 def predict_probs(model: Any, images: Sequence[np.ndarray], image_size: int, batch_size: int = 8) -> list[np.ndarray]:
     """H x W float32 cell probabilities in [0, 1] for each H x W x 3 float32 image in [0, 1], at its own size."""
-    import tensorflow as tf
+    tf = tensorflow()
 
     from .pipeline import resize_images
     from .registry import check_image_size

@@ -30,6 +30,7 @@ from data.run_record import HISTORY_CSV, RUN_JSON, RunRecord, check_resume, read
 
 from .errors import SemsegError
 from .registry import TENSORFLOW_HINT, check_image_size, get_entry
+from .tf_env import tensorflow
 
 HISTORY_COLUMNS = ["epoch", "loss", "pixel_accuracy", "val_loss", "val_pixel_accuracy", "time_s"]
 RUN_FILES = (RUN_JSON, HISTORY_CSV, "best.weights.h5", "last.weights.h5", "last.optimizer.npz")
@@ -133,7 +134,7 @@ def _save_weights(model: Any, path: Path) -> None:
 
 def make_optimizer() -> Any:
     """Adam with the Keras defaults (lr 1e-3, betas 0.9/0.999, epsilon 1e-7), fused update kernels."""
-    import tensorflow as tf
+    tf = tensorflow()
 
     return tf.keras.optimizers.legacy.Adam()
 
@@ -157,7 +158,7 @@ def build_optimizer_state(optimizer: Any, variables: list) -> None:
     one step with zero gradients, which creates the slots in the order ``fit`` would and,
     with zero moments, leaves every weight as it is.
     """
-    import tensorflow as tf
+    tf = tensorflow()
 
     inner = getattr(optimizer, "inner_optimizer", optimizer)
     legacy = getattr(getattr(tf.keras.optimizers, "legacy", None), "Optimizer", ())
@@ -186,7 +187,7 @@ def restore_optimizer(model: Any, path: Path) -> bool:
 
 def _ensure_built(model: Any, image_size: int) -> None:
     if not model.built:
-        import tensorflow as tf
+        tf = tensorflow()
 
         model(tf.zeros((1, image_size, image_size, 3), tf.float32), training=False)
 
@@ -205,7 +206,7 @@ def _history_rows(path: Path, epochs_done: int) -> list[dict]:
 
 
 def _make_callback(out_dir: Path, record: RunRecord, rows: list[dict], quiet: bool, started: float, wall_before: float) -> Any:
-    import tensorflow as tf
+    tf = tensorflow()
 
     class EpochCheckpoint(tf.keras.callbacks.Callback):
         """Per epoch: history row, last/best weights, optimizer state, run.json; stops on NaN."""
@@ -271,7 +272,7 @@ def write_probs(model: Any, dataset: Dataset, names: Sequence[str], image_size: 
 
 def build_compiled_model(settings: TrainSettings, weights_path: Any, out_dir: Path, epochs_done: int) -> tuple[Any, Any]:
     """(model, strategy): built and compiled in the strategy's scope; resumed weights and Adam state loaded."""
-    import tensorflow as tf
+    tf = tensorflow()
 
     from .registry import build
 
@@ -300,7 +301,7 @@ def build_compiled_model(settings: TrainSettings, weights_path: Any, out_dir: Pa
 def fit_epochs(model: Any, batches: tuple, settings: TrainSettings, record: RunRecord, out_dir: Path, quiet: bool,
                started: float, wall_before: float) -> None:
     """Train from ``record.epochs_done`` to ``settings.epochs``, checkpointing each epoch; NaN and errors are ``SemsegError``."""
-    import tensorflow as tf
+    tf = tensorflow()
 
     train_batches, val_batches = batches
     rows = _history_rows(out_dir / HISTORY_CSV, record.epochs_done)
@@ -350,7 +351,7 @@ def train_model(
     the epoch; the last good checkpoint stays.
     """
     try:
-        import tensorflow as tf
+        tf = tensorflow()
     except ImportError:
         raise SemsegError(TENSORFLOW_HINT) from None
     try:
@@ -397,7 +398,7 @@ def train_model(
 def _start_record(previous: RunRecord | None, settings: TrainSettings, split_record: dict, model: Any, strategy: Any,
                   cached: bool) -> RunRecord:
     """The run record this call continues (``previous``) or starts, set to 'running'."""
-    import tensorflow as tf
+    tf = tensorflow()
 
     record = previous or RunRecord("keras", settings.model, {}, split_record)
     record.settings, record.split, record.epochs, record.status = settings.to_record(), split_record, settings.epochs, "running"

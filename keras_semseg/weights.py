@@ -18,6 +18,7 @@ from typing import Any
 
 from .errors import SemsegError
 from .registry import TENSORFLOW_HINT
+from .tf_env import tensorflow
 
 KERAS_BASE_URL = "https://storage.googleapis.com/tensorflow/keras-applications/"
 DOWNLOAD_HOST = "storage.googleapis.com"
@@ -85,7 +86,7 @@ def fetch_weights(app: str) -> Path | None:
         return None
     file_name, url = application_file(app)
     try:
-        from tensorflow import keras
+        keras = tensorflow().keras
     except ImportError:
         raise SemsegError(TENSORFLOW_HINT) from None
     try:

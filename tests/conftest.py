@@ -11,10 +11,15 @@ from pathlib import Path
 
 import pytest
 
+from keras_semseg.tf_env import load_triton_first, set_environment as set_tensorflow_environment
+
 ROOT = Path(__file__).resolve().parents[1]
 USIIGACI = Path(os.environ.get("MSCSEG_USIIGACI", ROOT.parent / "shared" / "datasets" / "usiigaci"))
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# One process runs the Keras and the torch tests: TensorFlow's environment as the package sets
+# it, and triton loaded before TensorFlow (TensorFlow >= 2.19 first, then triton, crashes).
+set_tensorflow_environment()
+load_triton_first()
 
 
 def _has_cuda() -> bool:

@@ -2,12 +2,15 @@
 
 The parameter cell is followed by injected values (papermill's convention): no Kaggle, no
 installs, the tiny preset, and the session's tiny results folder, so the run cell finds
-every step done and only remakes the report; then the report is displayed.
+every step done and only remakes the report; then the report is displayed. The kernel is the
+suite's own Python, so this runs on whichever stack (paper or current) runs the tests.
 """
 from __future__ import annotations
 
 import json
 import os
+import platform
+import sys
 from pathlib import Path
 
 import pytest
@@ -26,6 +29,7 @@ def test_notebook_structure():
     assert "/kaggle/input/msu-smooth-1-20" in tagged[0].source and "sam_vit_h_4b8939.pth" in tagged[0].source
     text = "\n".join(cell.source for cell in notebook.cells)
     assert "TF_USE_LEGACY_KERAS" in text and "tf-keras" in text and "report.html" in text
+    assert "if KAGGLE and NEEDS_LEGACY_KERAS" not in text and 'locked_version("tensorflow")' in text
     assert all(not cell.get("outputs") for cell in notebook.cells if cell.cell_type == "code")
 
 
@@ -60,6 +64,8 @@ def test_notebook_runs_top_to_bottom(tmp_path_factory, tmp_path):
     assert not [o for o in outputs if o.output_type == "error"]
     text = "".join(o.get("text", "") for o in outputs if o.output_type == "stream")
     assert "INSTALL is off" in text
+    assert f"Python {platform.python_version()} at {sys.executable}" in text
+    assert ("TF_USE_LEGACY_KERAS=1" in text) == (sys.version_info[:2] > (3, 11))
     assert text.count("skipped (up to date)") == 17 and "running" not in text
     html = [o for o in outputs if o.output_type == "display_data" and "iframe srcdoc" in o.get("data", {}).get("text/html", "")]
     assert len(html) == 1 and "Demonstration run" in html[0]["data"]["text/html"]

@@ -51,7 +51,7 @@ KNOWN_4 = {
 def naive_counts(prob, truth, thresholds):
     rows = []
     for t in thresholds:
-        predicted = prob > t
+        predicted = prob > prob.dtype.type(t)  # compared in the map's own dtype, as the library does
         rows.append((np.sum(predicted & truth), np.sum(predicted & ~truth), np.sum(~predicted & truth), np.sum(~predicted & ~truth)))
     return [np.array(column, np.int64) for column in zip(*rows)]
 

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..tf_env import tensorflow
+
 VGG_BGR_MEAN = (103.939, 116.779, 123.68)
 
 
 def caffe_preprocess(images: Any) -> Any:
     """[0, 1] RGB -> the VGG16 ImageNet input: BGR, 0..255, mean subtracted (Keras "caffe" mode)."""
-    import tensorflow as tf
+    tf = tensorflow()
 
     bgr = tf.reverse(tf.cast(images, tf.float32), axis=[-1]) * 255.0
     return tf.cast(bgr - tf.constant(VGG_BGR_MEAN, tf.float32), images.dtype)
@@ -21,7 +23,7 @@ def caffe_preprocess(images: Any) -> Any:
 
 def preprocessing_layer(mode: str, name: str = "imagenet_preprocess") -> Any:
     """A Keras layer mapping [0, 1] RGB to the encoder's ImageNet input ("caffe": VGG, "tf": Xception, [-1, 1])."""
-    from tensorflow.keras import layers
+    layers = tensorflow().keras.layers
 
     if mode == "caffe":
         return layers.Lambda(caffe_preprocess, name=name)
@@ -32,7 +34,7 @@ def preprocessing_layer(mode: str, name: str = "imagenet_preprocess") -> Any:
 
 def probability_output(logits: Any, name: str = "probability") -> Any:
     """Sigmoid of 1-channel logits, kept float32 under mixed precision."""
-    from tensorflow.keras import layers
+    layers = tensorflow().keras.layers
 
     return layers.Activation("sigmoid", dtype="float32", name=name)(logits)
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..errors import SemsegError
+from ..tf_env import tensorflow
 from ..weights import keras_application_weights, wrong_weights_error
 from . import preprocessing_layer, probability_output
 
@@ -23,7 +24,7 @@ LOW_LEVEL = "block3_sepconv2_bn"
 
 
 def _conv_bn_relu(x: Any, filters: int, kernel: int, name: str, dilation: int = 1) -> Any:
-    from tensorflow.keras import layers
+    layers = tensorflow().keras.layers
 
     x = layers.Conv2D(filters, kernel, padding="same", dilation_rate=dilation, use_bias=False, name=f"{name}_conv")(x)
     x = layers.BatchNormalization(name=f"{name}_bn")(x)
@@ -31,7 +32,7 @@ def _conv_bn_relu(x: Any, filters: int, kernel: int, name: str, dilation: int = 
 
 
 def _resize_to(x: Any, height: int, width: int, name: str) -> Any:
-    from tensorflow.keras import layers
+    layers = tensorflow().keras.layers
 
     if tuple(x.shape[1:3]) == (height, width):
         return x
@@ -40,7 +41,7 @@ def _resize_to(x: Any, height: int, width: int, name: str) -> Any:
 
 def aspp(features: Any, filters: int = 256, rates: tuple[int, ...] = (6, 12, 18), dropout: float = 0.1) -> Any:
     """Atrous spatial pyramid pooling on B x h x w x C features -> B x h x w x ``filters``."""
-    from tensorflow.keras import layers
+    layers = tensorflow().keras.layers
 
     height, width = int(features.shape[1]), int(features.shape[2])
     branches = [_conv_bn_relu(features, filters, 1, "aspp_1x1")]
@@ -58,8 +59,8 @@ def build(input_shape: tuple[int, int, int] = (256, 256, 3), encoder_weights: An
           aspp_filters: int = 256, aspp_rates: tuple[int, ...] = (6, 12, 18), low_level_filters: int = 48,
           decoder_filters: int = 256, dropout: float = 0.1) -> Any:
     """DeepLabV3+ (Xception): B x H x W x 3 float32 in [0, 1] -> B x H x W x 1 float32 probabilities."""
-    from tensorflow import keras
-    from tensorflow.keras import layers
+    keras = tensorflow().keras
+    layers = tensorflow().keras.layers
 
     weights_path = keras_application_weights("xception", encoder_weights)
     inputs = keras.Input(shape=input_shape, name="image")

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 from typing import Any
 
-import tensorflow as tf
-from tensorflow import keras
-from tensorflow.keras import layers
-
 from ..errors import SemsegError
+from ..tf_env import tensorflow
 from ..weights import keras_application_weights, wrong_weights_error
 from . import preprocessing_layer, probability_output
+
+tf = tensorflow()
+keras = tf.keras
+layers = tf.keras.layers
 
 VGG16_STAGES = ((64, 64), (128, 128), (256, 256, 256), (512, 512, 512), (512, 512, 512))
 

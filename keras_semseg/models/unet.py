@@ -3,16 +3,16 @@ from __future__ import annotations
 
 import contextlib
 import io
-import os
 from typing import Any
 
 from ..errors import SemsegError
+from ..tf_env import tensorflow
 from ..weights import keras_application_weights, wrong_weights_error
 from . import preprocessing_layer, probability_output
 
 
 def _segmentation_models() -> Any:
-    os.environ["SM_FRAMEWORK"] = "tf.keras"
+    tensorflow()
     with contextlib.redirect_stdout(io.StringIO()):
         import segmentation_models
     return segmentation_models
@@ -27,7 +27,7 @@ def build(input_shape: tuple[int, int, int] = (256, 256, 3), encoder_weights: An
     The model is B x H x W x 3 float32 in [0, 1] -> B x H x W x 1 float32 probabilities.
     ``options`` go to ``segmentation_models.Unet`` (for example ``decoder_filters``).
     """
-    from tensorflow import keras
+    keras = tensorflow().keras
 
     weights_path = keras_application_weights("vgg16", encoder_weights)
     sm = _segmentation_models()

@@ -11,6 +11,7 @@ from typing import Any
 
 from ...errors import SemsegError
 from ...registry import TENSORFLOW_HINT
+from ...tf_env import tensorflow
 
 __all__ = ["build", "count_parameters"]
 
@@ -44,7 +45,7 @@ def build(input_shape: tuple[int, int, int] = (256, 256, 3), encoder_weights: An
         from ...weights import keras_application_weights
 
         weights_path = keras_application_weights("resnet50", encoder_weights)
-    import tensorflow as tf
+    tf = tensorflow()
 
     policy = tf.keras.mixed_precision.global_policy()
     try:

@@ -10,6 +10,8 @@ from __future__ import annotations
 import math
 from typing import Sequence
 
+from ...tf_env import tensorflow
+
 STRIDES = (4, 8, 16, 32, 64)
 RATIOS = (0.5, 1.0, 2.0)
 REFERENCE_SIZES = (32, 64, 128, 256, 512)
@@ -28,7 +30,7 @@ def default_anchor_sizes(height: int, width: int) -> tuple[float, ...]:
 
 def level_anchors(height, width, stride: int, size: float, ratios: Sequence[float] = RATIOS):
     """Anchors (height * width * len(ratios)) x 4 of one level with a ``height x width`` feature map."""
-    import tensorflow as tf
+    tf = tensorflow()
 
     heights = tf.constant([size * math.sqrt(r) for r in ratios], tf.float32)
     widths = tf.constant([size / math.sqrt(r) for r in ratios], tf.float32)
@@ -43,6 +45,6 @@ def level_anchors(height, width, stride: int, size: float, ratios: Sequence[floa
 
 def pyramid_anchors(shapes, sizes: Sequence[float], strides: Sequence[int] = STRIDES, ratios: Sequence[float] = RATIOS):
     """All anchors N x 4 for feature maps of ``shapes`` [(h, w) per level]."""
-    import tensorflow as tf
+    tf = tensorflow()
 
     return tf.concat([level_anchors(h, w, stride, size, ratios) for (h, w), stride, size in zip(shapes, strides, sizes)], axis=0)

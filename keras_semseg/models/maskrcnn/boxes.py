@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import math
 
-import tensorflow as tf
+from ...tf_env import tensorflow
+
+tf = tensorflow()
 
 DELTA_CLIP = math.log(1000.0 / 16)
 

@@ -1,7 +1,9 @@
 """Networks of Mask R-CNN: ResNet-50 + FPN backbone, RPN head, box head and mask head."""
 from __future__ import annotations
 
-import tensorflow as tf
+from ...tf_env import tensorflow
+
+tf = tensorflow()
 
 RESNET50_STAGES = ("conv2_block3_out", "conv3_block4_out", "conv4_block6_out", "conv5_block3_out")
 

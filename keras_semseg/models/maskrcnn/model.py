@@ -18,14 +18,16 @@ import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
-import tensorflow as tf
 
 from ...errors import SemsegError
+from ...tf_env import tensorflow
 from . import boxes as box_ops
 from .anchors import RATIOS, STRIDES, default_anchor_sizes, pyramid_anchors
 from .heads import BoxHead, MaskHead, RPNHead, resnet50_fpn
 from .roi_align import multilevel_roi_align, paste_masks, paste_max
 from .targets import HEAD_WEIGHTS, RPN_WEIGHTS, instance_boxes, mask_targets, roi_targets, rpn_targets
+
+tf = tensorflow()
 
 LOSS_NAMES = ("rpn_objectness_loss", "rpn_box_loss", "classifier_loss", "box_loss", "mask_loss")
 BGR_MEAN = (103.939, 116.779, 123.68)

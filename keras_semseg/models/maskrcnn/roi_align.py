@@ -8,7 +8,9 @@ cell ``j`` of a map with stride ``s`` is centred at pixel ``(j + 0.5) * s``.
 """
 from __future__ import annotations
 
-import tensorflow as tf
+from ...tf_env import tensorflow
+
+tf = tensorflow()
 
 
 def roi_align(features: tf.Tensor, boxes: tf.Tensor, box_indices: tf.Tensor, stride: float,

@@ -5,9 +5,10 @@ increasing id order, so gt index ``m`` (0-based) is label ``m + 1`` of the renum
 """
 from __future__ import annotations
 
-import tensorflow as tf
-
+from ...tf_env import tensorflow
 from . import boxes as box_ops
+
+tf = tensorflow()
 
 RPN_WEIGHTS = (1.0, 1.0, 1.0, 1.0)
 HEAD_WEIGHTS = (10.0, 10.0, 5.0, 5.0)

@@ -743,10 +743,16 @@ def test_semseg_train_without_tensorflow_names_the_extra(tmp_path, monkeypatch, 
 
     dataset = folders_dataset(tmp_path / "set")
     split = split_file(tmp_path / "split.json", dataset)
-    monkeypatch.setattr(builtins, "__import__", no_tensorflow)
+    from keras_semseg import tf_env
     from keras_semseg.train import main
 
-    code = main(["--data", str(dataset), "--split", str(split), "--model", "segnet", "--out", str(tmp_path / "run")])
+    tf_env.tensorflow.cache_clear()
+    monkeypatch.setattr(builtins, "__import__", no_tensorflow)
+    try:
+        code = main(["--data", str(dataset), "--split", str(split), "--model", "segnet", "--out", str(tmp_path / "run")])
+    finally:
+        monkeypatch.undo()
+        tf_env.tensorflow.cache_clear()
     stderr = capsys.readouterr().err
     assert code == 2 and stderr.count("\n") == 1 and "pip install" in stderr and "[keras]" in stderr
     assert not (tmp_path / "run").exists()

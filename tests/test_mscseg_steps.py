@@ -203,3 +203,19 @@ def test_ctrl_c_stops_the_child_too(tmp_path):
     with pytest.raises(ProcessLookupError):
         os.kill(child, 0)
     assert json.loads((tmp_path / ".stamps" / "child_sleep.json").read_text())["status"] == "interrupted"
+
+
+def test_planning_and_the_steps_without_a_framework_load_neither_framework(tmp_path):
+    script = (
+        "import sys\n"
+        "from mscseg import run, steps\n"
+        "from mscseg.config import load_config\n"
+        "import keras_semseg.sweep, keras_semseg.plots, torch_instseg.evaluate, torch_instseg.plots, stats, stats.plots\n"
+        "settings = load_config('tiny')\n"
+        f"run.plan(steps.build_steps(settings), settings, run.Layout({str(tmp_path)!r}))\n"
+        "print(sorted(m for m in ('tensorflow', 'torch') if m in sys.modules))\n"
+    )
+    env = dict(os.environ, PYTHONPATH=str(TESTS.parent))
+    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"

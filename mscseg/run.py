@@ -64,6 +64,7 @@ from .steps import Framework, Step, settings_hash, stamp_hashes
 
 STEP_FACTORY = "mscseg.steps:build_steps"
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent
+OWN_STOP_S = 5.0      # a Ctrl-C at the terminal reaches the child too
 STOP_GRACE_S = 60.0
 
 
@@ -424,15 +425,18 @@ def _run_in_subprocess(step: Step, layout: Layout, resume: bool, overwrite: bool
 
 
 def _stop(process: subprocess.Popen) -> None:
-    """Ask the child to stop as after Ctrl-C (it saves its state), then kill it if it does not."""
-    if process.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            process.send_signal(signal.SIGINT)
+    """Let the child stop on the terminal's Ctrl-C (it saves its state); else send it one; kill it if it hangs."""
+    for ask in (False, True):
         try:
-            process.wait(timeout=STOP_GRACE_S)
+            process.wait(timeout=OWN_STOP_S if not ask else STOP_GRACE_S)
+            return
         except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+            if ask:
+                break
+            with contextlib.suppress(ProcessLookupError):
+                process.send_signal(signal.SIGINT)
+    process.kill()
+    process.wait()
 
 
 def _signal_text(code: int) -> str:

@@ -185,11 +185,13 @@ def test_a_crashed_child_is_reported_in_one_line_with_its_log(child_run, capsys)
     assert stamp["status"] == "failed" and "SIGABRT" in stamp["error"]
 
 
-def test_ctrl_c_stops_the_child_too(tmp_path):
+@pytest.mark.parametrize("to_group", [False, True], ids=["parent only", "terminal (whole group)"])
+def test_ctrl_c_stops_the_child_too(tmp_path, to_group):
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(TESTS), str(TESTS.parent)]))
     script = ("import sys; from mscseg import run; run.STEP_FACTORY = 'child_steps:build'; "
               f"sys.exit(run.main(['--config', 'tiny', '--out', {str(tmp_path)!r}, '--only', 'child_sleep']))")
-    parent = subprocess.Popen([sys.executable, "-c", script], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    parent = subprocess.Popen([sys.executable, "-c", script], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              start_new_session=True)
     marker = tmp_path / "sleeping.txt"
     deadline = time.time() + 120
     while not marker.is_file() and time.time() < deadline and parent.poll() is None:
@@ -197,9 +199,28 @@ def test_ctrl_c_stops_the_child_too(tmp_path):
     assert marker.is_file(), parent.communicate()
     time.sleep(0.3)
     child = int(marker.read_text())
-    parent.send_signal(signal.SIGINT)
+    if to_group:
+        os.killpg(parent.pid, signal.SIGINT)
+    else:
+        parent.send_signal(signal.SIGINT)
     assert parent.wait(timeout=90) == 130
     time.sleep(0.2)
     with pytest.raises(ProcessLookupError):
         os.kill(child, 0)
     assert json.loads((tmp_path / ".stamps" / "child_sleep.json").read_text())["status"] == "interrupted"
+
+
+def test_planning_and_the_steps_without_a_framework_load_neither_framework(tmp_path):
+    script = (
+        "import sys\n"
+        "from mscseg import run, steps\n"
+        "from mscseg.config import load_config\n"
+        "import keras_semseg.sweep, keras_semseg.plots, torch_instseg.evaluate, torch_instseg.plots, stats, stats.plots\n"
+        "settings = load_config('tiny')\n"
+        f"run.plan(steps.build_steps(settings), settings, run.Layout({str(tmp_path)!r}))\n"
+        "print(sorted(m for m in ('tensorflow', 'torch') if m in sys.modules))\n"
+    )
+    env = dict(os.environ, PYTHONPATH=str(TESTS.parent))
+    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"

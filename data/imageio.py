@@ -11,6 +11,7 @@ Scaling rule for images (``to_float_rgb``), documented in the README:
 """
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -48,11 +49,30 @@ def read_array(path: str | Path) -> np.ndarray:
     except DatasetError:
         raise
     except Exception as error:  # noqa: BLE001 - any decoder failure is bad input
+        missing = missing_codec(error)
+        if missing:
+            raise DatasetError(missing, path) from None
         raise DatasetError(f"cannot read image ({type(error).__name__}: {error}); the file is unreadable or truncated", path) from None
     array = np.asarray(array)
     if array.size == 0:
         raise DatasetError("image has no pixels", path)
     return array
+
+
+def missing_codec(error: BaseException) -> str:
+    """The one-line message for a decoder error caused by a missing codec package ('' when it is another error).
+
+    tifffile decodes LZW, deflate, zstd, JPEG and other compressed TIFFs through the
+    ``imagecodecs`` package and says "<COMPRESSION.LZW: 5> requires the 'imagecodecs'
+    package" when it is not installed.
+    """
+    text = str(error)
+    if "imagecodecs" not in text and getattr(error, "name", None) != "imagecodecs":
+        return ""
+    found = re.search(r"COMPRESSION\.(\w+)", text)
+    compression = f"{found.group(1)}-compressed " if found else "compressed "
+    return (f"{compression}TIFF: decoding it needs the 'imagecodecs' package, which is not installed "
+            "(pip install imagecodecs); the file itself may be fine")
 
 
 def _channels_last(array: np.ndarray, path: str | Path) -> np.ndarray:

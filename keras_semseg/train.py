@@ -24,6 +24,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from data import Dataset, DatasetError
+from data.geometry import training_geometry
 from data.outputs import write_csv, write_json
 
 from .errors import SemsegError
@@ -370,6 +371,7 @@ def train_model(
             versions=_versions(), devices={"gpus": len(gpus), "replicas": strategy.num_replicas_in_sync,
                                            "strategy": type(strategy).__name__},
             data_cached_in_memory=cached, out_dir=str(out_dir), parameters=int(model.count_params()),
+            geometry=training_geometry(dataset, train, image_size),
             started_at=record.get("started_at") or time.strftime("%Y-%m-%dT%H:%M:%S"),
         )
         write_json(out_dir / "run.json", record)

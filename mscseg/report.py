@@ -309,6 +309,18 @@ def _stats_html(folder: Path) -> str:
     return "".join(parts)
 
 
+def _cap_notes(root: Path) -> list[str]:
+    """One visible line per evaluation whose summary.json says the max_dets cap left detections out."""
+    notes = []
+    for path in sorted((root / "instance" / "eval").glob("*/*/summary.json")):
+        summary = _read_json(path) or {}
+        if summary.get("n_pred_dropped_by_cap"):
+            notes.append(f'<p class="warning">{_e(path.parent.parent.name)}, {_e(summary.get("interpolation"))}-point: the cap of '
+                         f'{_e(summary.get("max_dets"))} detections per image left out {_e(summary["n_pred_dropped_by_cap"])} of '
+                         f'{_e(summary.get("n_pred"))} detections in {_e(summary.get("n_images_capped"))} images (not scored).</p>')
+    return notes
+
+
 def _instance_section(root: Path) -> str:
     parts = ["<h3>Instance table: this run</h3>"]
     ours = _read_csv(root / "instance" / "instance_table.csv")
@@ -323,6 +335,7 @@ def _instance_section(root: Path) -> str:
                      "101-point = pycocotools. max_dets = detections kept per image.</p>")
     else:
         parts.append(_missing("instance table (instance/instance_table.csv)"))
+    parts += _cap_notes(root)
     published = _read_csv(PUBLISHED_DIR / "instance_table.csv")
     if published is not None:
         shown = published.drop(columns=["source"]).copy()

@@ -111,3 +111,15 @@ def test_report_of_the_tiny_run(tmp_path_factory):
     assert {p.as_posix() for p in csv_files(root)} == links
     assert all((root / link).is_file() for link in links)
     assert "Demonstration run" in page and "vit_tiny" in page
+
+
+def test_report_shows_detections_left_out_by_the_cap(tmp_path):
+    root = fake_results(tmp_path / "run")
+    for method, dropped in (("maskrcnn", 605), ("sam_box", 0)):
+        folder = root / "instance" / "eval" / method / "11"
+        folder.mkdir(parents=True)
+        (folder / "summary.json").write_text(json.dumps({"interpolation": 11, "max_dets": 100, "n_pred": 2758,
+                                                         "n_pred_dropped_by_cap": dropped, "n_images_capped": 9 if dropped else 0}))
+    page = render_report(root)
+    assert "maskrcnn, 11-point: the cap of 100 detections per image left out 605 of 2758 detections in 9 images" in page
+    assert "sam_box, 11-point: the cap" not in page

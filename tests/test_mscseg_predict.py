@@ -12,7 +12,7 @@ from data.imageio import read_array, write_png
 from mscseg import predict
 from mscseg.errors import RunError
 from mscseg.predict import (
-    LoadedModel, blend_weights, components, find_images, instance_labels, main, measure_cells, owner_index, relabel,
+    LoadedModel, axis_weights, components, find_images, instance_labels, main, measure_cells, owner_index, relabel,
     semantic_probabilities, tile_starts,
 )
 
@@ -38,10 +38,51 @@ def test_owner_index_nearest_centre():
     assert np.all(np.diff(owners) >= 0)
 
 
-def test_blend_weights_shape_and_positive():
-    weights = blend_weights(64, 64, 16)
-    assert weights.shape == (64, 64) and weights.min() > 0 and weights[32, 32] == 1.0
-    assert weights[0, 32] < weights[8, 32] < weights[16, 32] == 1.0
+def test_axis_weights_vanish_at_inner_edges_and_cover_everything():
+    for length, tile, overlap in ((150, 64, 16), (1024, 256, 64), (65, 64, 0), (128, 64, 0), (64, 64, 16), (40, 64, 16)):
+        starts = tile_starts(length, tile, overlap)
+        weights = axis_weights(length, starts, tile, overlap)
+        total = np.zeros(max(length, tile))
+        for start, weight in zip(starts, weights):
+            assert weight.shape == (tile,) and weight.min() >= 0 and weight.max() == 1.0
+            if start > 0 and overlap > 0:
+                assert weight[0] == 0.0 and weight[overlap] == 1.0
+            if start + tile < length and overlap > 0:
+                assert weight[-1] == 0.0
+            total[start:start + tile] += weight
+        assert (total[:length] > 0).all(), (length, tile, overlap)
+    first, last = axis_weights(150, [0, 48, 86], 64, 16)[::2]
+    assert first[0] == 1.0 and last[-1] == 1.0          # image borders count fully
+
+
+def _box_filter_model(images, size, batch_size=8):
+    """A 'network' with edge effects: a 3 x 3 mean of channel 0 with zero padding, so a tile's border pixels are wrong."""
+    outputs = []
+    for image in images:
+        padded = np.pad(image[..., 0].astype(np.float64), 1)
+        height, width = image.shape[:2]
+        outputs.append(sum(padded[dy:dy + height, dx:dx + width] for dy in range(3) for dx in range(3)) / 9.0)
+    return outputs
+
+
+def test_tiled_map_equals_untiled_for_a_smooth_field(monkeypatch):
+    import keras_semseg.predict as keras_predict
+
+    monkeypatch.setattr(keras_predict, "predict_probs", lambda model, images, size, batch_size=8: _box_filter_model(images, size))
+    yy, xx = np.mgrid[0:203, 0:257]
+    field = 0.5 + 0.25 * np.sin(yy / 23.0) * np.cos(xx / 31.0) + 0.2 * (xx / 257.0)
+    image = np.repeat(field[..., None], 3, axis=2).astype(np.float32)
+    loaded = LoadedModel("semantic", "box", None, 64, Path("."))
+    whole = semantic_probabilities(loaded, image, (203, 257), 0)
+    np.testing.assert_allclose(whole, _box_filter_model([image], None)[0], atol=1e-6)
+    for tile, overlap in ((64, 16), ((64, 96), (8, 24)), (100, 2)):
+        tiled = semantic_probabilities(loaded, image, tile, overlap)
+        assert tiled.shape == whole.shape
+        np.testing.assert_allclose(tiled, whole, atol=1e-5, rtol=0)
+        np.testing.assert_allclose(tiled[-1], whole[-1], atol=1e-5, rtol=0)
+        np.testing.assert_allclose(tiled[:, -1], whole[:, -1], atol=1e-5, rtol=0)
+    abutting = semantic_probabilities(loaded, image, 64, 0)   # no overlap: seams stay, but every pixel is covered
+    assert np.isfinite(abutting).all() and abutting[-1].min() > 0.2 and abutting[:, -1].min() > 0.2
 
 
 def test_measure_cells_known_answers():

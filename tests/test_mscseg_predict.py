@@ -247,3 +247,85 @@ def test_bad_inputs_exit_2(tmp_path, capsys):
     write_png(tmp_path / "a.png", np.zeros((8, 8), np.uint8))
     assert main(["--model", str(tmp_path), "--images", str(tmp_path / "a.png"), "--out", str(tmp_path / "o")]) == 2
     assert "run.json missing" in capsys.readouterr().err
+
+
+GEOMETRY = {"resize": "whole", "image_size": 64, "native_height": 100, "native_width": 120, "native_sizes": {"120x100": 3},
+            "scale_y": 0.64, "scale_x": 64 / 120, "cell_area_px": {"cells": 30, "p1": 90.0, "p5": 120.0, "p10": 150.0, "p50": 400.0}}
+
+
+@pytest.fixture
+def fake_semantic_run(monkeypatch, tmp_path):
+    """A semantic 'run' trained on 120 x 100 images resized to 64, whose network says p = channel 0; tile shapes recorded."""
+    import keras_semseg.predict as keras_predict
+
+    seen: list[tuple[int, int]] = []
+
+    def network(model, images, size, batch_size=8):
+        seen.extend(image.shape[:2] for image in images)
+        return [image[..., 0].astype(np.float64) for image in images]
+
+    monkeypatch.setattr(keras_predict, "predict_probs", network)
+    loaded = LoadedModel("semantic", "unet", None, 64, tmp_path / "run", dict(GEOMETRY))
+    monkeypatch.setattr(predict, "load_model", lambda run_dir, which="best", device=None: loaded)
+    return seen
+
+
+def _disks(height: int, width: int, radius: float, centres) -> np.ndarray:
+    yy, xx = np.mgrid[0:height, 0:width]
+    image = np.zeros((height, width), np.uint8)
+    for cy, cx in centres:
+        image[(yy - cy) ** 2 + (xx - cx) ** 2 <= radius ** 2] = 255
+    return image
+
+
+def test_predict_uses_training_geometry_and_minimum_area(fake_semantic_run, tmp_path, capsys):
+    write_png(tmp_path / "images" / "same.png", _disks(100, 120, 8, [(30, 30), (70, 90)]) | _disks(100, 120, 2, [(80, 20)]))
+    write_png(tmp_path / "images" / "double.png", _disks(200, 240, 8, [(50, 50), (150, 200)]))
+    out = tmp_path / "out"
+    table = predict.predict_folder(tmp_path / "run", [tmp_path / "images"], out, quiet=False, coco=tmp_path / "pred.json")
+    printed = capsys.readouterr().out
+    # The training-size image is resized whole (one 100 x 120 tile); the 240 x 200 one is cut into tiles of that size.
+    assert set(fake_semantic_run) == {(100, 120)}
+    counts = table.set_index("image")
+    assert counts.loc["same", "tiles"] == 1 and counts.loc["double", "tiles"] > 1
+    # min area: half of p1 (90 px) at the training magnification: 45 px; the radius-2 speck (13 px) goes.
+    assert (counts["min_area_px"] == 45).all()
+    assert counts.loc["same", "cell_count"] == 2 and counts.loc["double", "cell_count"] == 2
+    record = json.loads((out / "predict.json").read_text())
+    assert record["min_area_px"] == 45 and "percentile" in record["min_area_source"]
+    assert record["scale"] == [0.64, 64 / 120] and "training geometry" in record["scale_source"]
+    notes = [line for line in printed.splitlines() if line.startswith("note:")]
+    assert notes == ["note: double is 240x200 px, the training images were 120x100; shown to the model at the training "
+                     f"magnification in {counts.loc['double', 'tiles']} tile(s)"]
+    assert record["size_notes"] == notes
+    assert pd.read_csv(out / "counts.csv")["min_area_px"].tolist() == [45, 45]
+    # --scale 0.32 shows images at about half the training magnification (tiles of 200 x 200 image pixels): a cell
+    # covers the same model pixels, so the minimum area in image pixels grows by 0.64 * (64 / 120) / 0.32 ** 2 = 10/3.
+    fake_semantic_run.clear()
+    predict.predict_folder(tmp_path / "run", [tmp_path / "images" / "same.png"], tmp_path / "scaled", scale=0.32)
+    assert set(fake_semantic_run) == {(200, 200)}
+    assert json.loads((tmp_path / "scaled" / "predict.json").read_text())["min_area_px"] in (149, 150)
+    # The COCO results score against COCO ground truth made from the same disks.
+    from data import in_memory, Sample
+    from data.imageio import mask_to_labels
+    from torch_instseg.coco import dataset_to_coco
+    from torch_instseg.evaluate import evaluate
+
+    truth = [Sample(np.zeros((100, 120, 3), np.float32), mask_to_labels(_disks(100, 120, 8, [(30, 30), (70, 90)])), "same", ""),
+             Sample(np.zeros((200, 240, 3), np.float32), mask_to_labels(_disks(200, 240, 8, [(50, 50), (150, 200)])), "double", "")]
+    gt = dataset_to_coco(sorted(in_memory(truth), key=lambda sample: sample.name))
+    assert evaluate(gt, tmp_path / "pred.json", interpolation=101)["mAP"] == pytest.approx(1.0)
+
+
+def test_recursive_skips_annotation_folders(tmp_path, capsys):
+    for sequence in ("01", "02"):
+        write_png(tmp_path / "ctc" / sequence / "t000.png", np.zeros((4, 4), np.uint8))
+        write_png(tmp_path / "ctc" / f"{sequence}_GT" / "SEG" / "man_seg000.png", np.zeros((4, 4), np.uint8))
+        write_png(tmp_path / "ctc" / f"{sequence}_GT" / "TRA" / "man_track000.png", np.zeros((4, 4), np.uint8))
+    write_png(tmp_path / "ctc" / "masks" / "cells.png", np.zeros((4, 4), np.uint8))
+    write_png(tmp_path / "ctc" / "set1" / "instances_ids.png", np.zeros((4, 4), np.uint8))
+    skipped: list[Path] = []
+    named = find_images([tmp_path / "ctc"], recursive=True, skipped=skipped)
+    assert list(named) == ["01_t000", "02_t000"] and len(skipped) == 6
+    assert predict.skipped_note(skipped).startswith("note: skipped 6 annotation file(s)")
+    assert list(find_images([tmp_path / "ctc" / "01_GT" / "SEG" / "man_seg000.png"])) == ["man_seg000"]

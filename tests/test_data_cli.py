@@ -254,3 +254,19 @@ def test_convert_to_coco_then_self_evaluation_scores_one(tmp_path, capsys):
                for a in coco["annotations"]]
     for interpolation in (11, 101):
         assert evaluate(tmp_path / "gt.json", results, interpolation=interpolation, max_dets=None)["mAP"] == 1.0
+
+
+@pytest.mark.realdata
+def test_usiigaci_to_coco_scores_one_against_itself(usiigaci_root, tmp_path, capsys):
+    from torch_instseg.evaluate import evaluate
+
+    out = tmp_path / "val.json"
+    code, stdout, _ = run(capsys, "convert", usiigaci_root / "val", "--format", "per_sample", "--image-name", "raw.tif",
+                          "--mask-name", "instances_ids.png", "--to", "coco", "--out", out)
+    assert code == 0 and "5 samples" in stdout
+    coco = json.loads(out.read_text())
+    assert [image["file_name"] for image in coco["images"]] == ["set46", "set47", "set48", "set49", "set50"]
+    results = [{"image_id": a["image_id"], "category_id": 1, "segmentation": a["segmentation"], "score": 1.0}
+               for a in coco["annotations"]]
+    for interpolation in (11, 101):
+        assert evaluate(out, results, interpolation=interpolation, max_dets=None)["mAP"] == 1.0

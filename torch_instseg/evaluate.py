@@ -376,7 +376,7 @@ def evaluate_all(
     n_images = len(truth.images)
     n_gt = sum(not g.iscrowd for g in truth.instances)
     n_evaluated = sum(e.scores.size for e in evals.values() if e is not None)
-    n_dropped, n_images_capped = _dropped_by_cap(dets_by_key, truth.images, max_dets)
+    n_dropped, n_images_capped = _dropped_by_cap(dets_by_key, truth.images, truth.category_ids, max_dets)
     image_aps = [row["ap"] for row in rows if not math.isnan(row["ap"])]
     all_scores = [d.score for d in detections]
     summary = {
@@ -406,13 +406,14 @@ def evaluate_all(
     return Evaluation(summary, rows)
 
 
-def _dropped_by_cap(dets_by_key: Mapping[tuple[int, int], list], image_ids: Any, max_dets: int | None) -> tuple[int, int]:
-    """(detections the cap left out, images where it left any out), over the ground truth's images."""
+def _dropped_by_cap(dets_by_key: Mapping[tuple[int, int], list], image_ids: Any, category_ids: Any,
+                    max_dets: int | None) -> tuple[int, int]:
+    """(detections the cap left out, images where it left any out), over the evaluated images and categories."""
     if max_dets is None:
         return 0, 0
     dropped: dict[int, int] = defaultdict(int)
-    for (image_id, _), dets in dets_by_key.items():
-        if image_id in image_ids and len(dets) > max_dets:
+    for (image_id, category_id), dets in dets_by_key.items():
+        if image_id in image_ids and category_id in category_ids and len(dets) > max_dets:
             dropped[image_id] += len(dets) - max_dets
     return sum(dropped.values()), len(dropped)
 

@@ -329,3 +329,43 @@ def test_recursive_skips_annotation_folders(tmp_path, capsys):
     assert list(named) == ["01_t000", "02_t000"] and len(skipped) == 6
     assert predict.skipped_note(skipped).startswith("note: skipped 6 annotation file(s)")
     assert list(find_images([tmp_path / "ctc" / "01_GT" / "SEG" / "man_seg000.png"])) == ["man_seg000"]
+
+
+def test_instance_run_writes_coco_results_with_ground_truth_ids(monkeypatch, tmp_path):
+    """A 'Mask R-CNN' that finds bright disks: --coco results carry the ground truth's image ids and score 1.0."""
+    import torch_instseg.maskrcnn as maskrcnn
+    from torch_instseg.coco import dataset_to_coco, write_coco
+    from torch_instseg.evaluate import evaluate
+
+    from data import Sample
+    from data.imageio import mask_to_labels
+
+    def detector(model, images, score_threshold=0.05, device=None, image_size=None):
+        out = []
+        for image in images:
+            labels = components(image[..., 0] > 0.5)
+            masks = np.stack([labels == i for i in range(1, labels.max() + 1)]) if labels.max() else np.zeros((0,) + labels.shape, bool)
+            out.append({"masks": masks, "scores": np.linspace(0.9, 0.6, len(masks)).astype(np.float32)})
+        return out
+
+    monkeypatch.setattr(maskrcnn, "predict_instances", detector)
+    monkeypatch.setattr(predict, "load_model", lambda run_dir, which="best", device=None:
+                        LoadedModel("instance", "maskrcnn", None, None, tmp_path / "run"))
+    disks = {"b": _disks(90, 100, 6, [(20, 20), (60, 70)]), "a": _disks(90, 100, 5, [(45, 50)])}
+    for name, mask in disks.items():
+        write_png(tmp_path / "images" / name / "raw.png", mask)
+    gt = dataset_to_coco([Sample(np.zeros((90, 100, 3), np.float32), mask_to_labels(disks[name]), name, "") for name in ("b", "a")])
+    write_coco(tmp_path / "gt.json", gt)
+    table = predict.predict_folder(tmp_path / "run", [tmp_path / "images"], tmp_path / "out", recursive=True,
+                                   coco=tmp_path / "pred.json", coco_gt=tmp_path / "gt.json")
+    assert table["cell_count"].tolist() == [1, 2] and (table["min_area_px"] == 0).all()
+    results = json.loads((tmp_path / "pred.json").read_text())
+    assert sorted({r["image_id"] for r in results}) == [1, 2] and len(results) == 3
+    assert all(0.6 <= r["score"] <= 0.9 for r in results)
+    for interpolation in (11, 101):
+        assert evaluate(tmp_path / "gt.json", tmp_path / "pred.json", interpolation=interpolation)["mAP"] == pytest.approx(1.0)
+    write_coco(tmp_path / "only_b.json", {**gt, "images": gt["images"][:1], "annotations": []})
+    with pytest.raises(RunError, match="no image with file_name 'raw'"):
+        predict.predict_folder(tmp_path / "run", [tmp_path / "images" / "a" / "raw.png"], tmp_path / "o2",
+                               coco=tmp_path / "p2.json", coco_gt=tmp_path / "only_b.json")
+    assert not (tmp_path / "o2").exists() and not (tmp_path / "p2.json").exists()

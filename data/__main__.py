@@ -3,6 +3,7 @@ pairs, make a train/validation split, print a summary.
 
     python -m data synth --out synthetic_data --n 40 --size 256 --density sparse --seed 0
     python -m data convert SRC --format via --out DIR
+    python -m data convert SRC --format ctc --to coco --out gt.json
     python -m data split DATASET --out split.json --seed 0 --val-fraction 0.2
     python -m data summary DATASET --format per_sample --image-name raw.tif --mask-name instances_ids.png
 
@@ -26,6 +27,9 @@ from .imageio import IMAGE_SUFFIXES, read_array, write_labels, write_png
 from .outputs import check_can_write, staged_folders, write_csv
 from .split import make_split, read_split, write_split
 
+CONVERT_TARGETS = ("folders", "coco")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = make_parser(
         "mscseg-data",
@@ -43,9 +47,13 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--bit-depth", type=int, choices=(8, 16), default=8)
     synth.add_argument("--overwrite", action="store_true", help="replace images/ and masks/ if they exist")
 
-    convert = commands.add_parser("convert", help="convert any supported dataset to folder pairs (images/, masks/ 16-bit PNG labels)")
+    convert = commands.add_parser("convert", help="convert any supported dataset to folder pairs (images/, masks/ 16-bit PNG labels) "
+                                  "or to one COCO instances JSON")
     convert.add_argument("source", type=Path)
-    convert.add_argument("--out", required=True, type=Path)
+    convert.add_argument("--out", required=True, type=Path, help="output folder (--to folders) or JSON file (--to coco)")
+    convert.add_argument("--to", choices=CONVERT_TARGETS, default="folders",
+                         help="folders: images/ and masks/ (default); coco: COCO instances JSON with RLE masks "
+                         "(file_name = image stem, area and bbox as pycocotools computes them), for python -m torch_instseg.evaluate")
     convert.add_argument("--overwrite", action="store_true", help="replace images/ and masks/ if they exist")
     add_dataset_arguments(convert, data=None, default=argparse.SUPPRESS)
 
@@ -111,9 +119,23 @@ def _synth(args: argparse.Namespace) -> int:
     return 0
 
 
+def convert_to_coco(dataset: Dataset, out: Path, overwrite: bool = False) -> dict:
+    """Write ``out`` (a COCO instances JSON: one RLE annotation per labelled cell); every sample is loaded before writing."""
+    from torch_instseg.coco import dataset_to_coco, write_coco
+
+    check_can_write(out, overwrite)
+    coco = dataset_to_coco(load_entry(entry) for entry in dataset.entries)
+    write_coco(out, coco)
+    return coco
+
+
 def _convert(args: argparse.Namespace) -> int:
     check_can_write(args.out, args.overwrite)
     dataset = open_dataset(args, args.source)
+    if args.to == "coco":
+        coco = convert_to_coco(dataset, args.out, args.overwrite)
+        print(f"converted {len(dataset)} samples ({dataset.format}, {len(coco['annotations'])} cells) to COCO instances {args.out}")
+        return 0
     convert(dataset, args.out, args.overwrite)
     print(f"converted {len(dataset)} samples ({dataset.format}) to {args.out}/images and {args.out}/masks")
     return 0

@@ -11,6 +11,7 @@ Scaling rule for images (``to_float_rgb``), documented in the README:
 """
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -48,11 +49,30 @@ def read_array(path: str | Path) -> np.ndarray:
     except DatasetError:
         raise
     except Exception as error:  # noqa: BLE001 - any decoder failure is bad input
+        missing = missing_codec(error)
+        if missing:
+            raise DatasetError(missing, path) from None
         raise DatasetError(f"cannot read image ({type(error).__name__}: {error}); the file is unreadable or truncated", path) from None
     array = np.asarray(array)
     if array.size == 0:
         raise DatasetError("image has no pixels", path)
     return array
+
+
+def missing_codec(error: BaseException) -> str:
+    """The one-line message for a decoder error caused by a missing codec package ('' when it is another error).
+
+    tifffile decodes LZW, deflate, zstd, JPEG and other compressed TIFFs through the
+    ``imagecodecs`` package and says "<COMPRESSION.LZW: 5> requires the 'imagecodecs'
+    package" when it is not installed.
+    """
+    text = str(error)
+    if "imagecodecs" not in text and getattr(error, "name", None) != "imagecodecs":
+        return ""
+    found = re.search(r"COMPRESSION\.(\w+)", text)
+    compression = f"{found.group(1)}-compressed " if found else "compressed "
+    return (f"{compression}TIFF: decoding it needs the 'imagecodecs' package, which is not installed "
+            "(pip install imagecodecs); the file itself may be fine")
 
 
 def _channels_last(array: np.ndarray, path: str | Path) -> np.ndarray:
@@ -130,17 +150,18 @@ def _note_binary(path: str | Path, value: int, n_cells: int) -> None:
     )
 
 
-def mask_to_labels(array: np.ndarray, path: str | Path = "") -> np.ndarray:
-    """H x W int32 instance labels from a binary mask (0/1 or 0/255) or a label image.
+def _value_counts(array: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(distinct values ascending, their pixel counts) of a 2-D mask; a bincount for 8/16-bit masks (no sort)."""
+    if array.dtype in (np.uint8, np.uint16):
+        counts = np.bincount(array.ravel(), minlength=1)
+        values = np.flatnonzero(counts)
+        return values, counts[values]
+    return np.unique(array, return_counts=True)
 
-    A binary mask becomes labels by its 8-connected components. So does a mask with a
-    single non-zero value (0/7, 0/65535, ...) whose pixels form several separate regions:
-    one label id cannot be several cells, so it is a binary mask stored with another
-    value (said once, as a ``BinaryMaskWarning``). Raises ``DatasetError``
-    for colour masks whose channels differ, negative or non-integer values, and 0/255
-    masks with stray in-between values (anti-aliased or JPEG edges: 255 covers more than
-    half of the non-zero pixels, which a label image practically never does).
-    """
+
+def _checked_mask(array: np.ndarray, path: str | Path) -> tuple[np.ndarray, bool]:
+    """(H x W mask, whether it is binary: values within {0, 1} or {0, 255}); ``DatasetError`` for anything else
+    that is not an instance label image (rules in ``mask_to_labels``)."""
     array = np.asarray(array)
     if array.ndim == 3:
         array = _channels_last(array, path)
@@ -152,29 +173,59 @@ def mask_to_labels(array: np.ndarray, path: str | Path = "") -> np.ndarray:
     if array.ndim != 2:
         raise DatasetError(f"mask must be a 2-D image, got shape {array.shape}", path)
     if array.dtype == np.bool_:
-        array = array.astype(np.uint8)
+        return array, True
     if np.issubdtype(array.dtype, np.floating):
         if not np.all(np.isfinite(array)) or not np.all(array == np.round(array)):
             raise DatasetError("mask has non-integer values; expected a binary mask (0/1 or 0/255) or an instance label image", path)
-    if array.min() < 0:
+    if array.dtype.kind in "ui" and array.size:
+        low, high = array.min(), array.max()
+        if low >= 0 and (high <= 1 or (high == 255 and not np.any((array > 0) & (array < 255)))):
+            return array, True
+    values, counts = _value_counts(array)
+    if values.size and values[0] < 0:
         raise DatasetError("mask has negative values; expected a binary mask (0/1 or 0/255) or an instance label image", path)
-    values, counts = np.unique(array, return_counts=True)
-    if set(values.tolist()) <= {0, 1} or set(values.tolist()) <= {0, 255}:
-        return _components(array > 0)
-    if len(values) == 2 and values[0] == 0:
-        labels = _components(array > 0)
-        if labels.max() > 1:
-            _note_binary(path, int(values[1]), int(labels.max()))
-            return labels
+    present = set(values.tolist())
+    if present <= {0, 1} or present <= {0, 255}:
+        return array, True
     if values[-1] == 255 and values[0] == 0 and counts[-1] > 0.5 * counts[1:].sum():
         raise DatasetError(
             f"mask looks like a binary 0/255 mask but also has {len(values) - 2} other value(s) "
             "(anti-aliased or JPEG-compressed edges?); expected a binary mask (0/1 or 0/255) or an instance label image",
             path,
         )
-    if values.max() > np.iinfo(np.int32).max:
+    if values[-1] > np.iinfo(np.int32).max:
         raise DatasetError("mask label values do not fit in int32", path)
+    return array, False
+
+
+def mask_to_labels(array: np.ndarray, path: str | Path = "") -> np.ndarray:
+    """H x W int32 instance labels from a binary mask (0/1 or 0/255) or a label image.
+
+    A binary mask becomes labels by its 8-connected components. So does a mask with a
+    single non-zero value (0/7, 0/65535, ...) whose pixels form several separate regions:
+    one label id cannot be several cells, so it is a binary mask stored with another
+    value (said once, as a ``BinaryMaskWarning``). Raises ``DatasetError``
+    for colour masks whose channels differ, negative or non-integer values, and 0/255
+    masks with stray in-between values (anti-aliased or JPEG edges: 255 covers more than
+    half of the non-zero pixels, which a label image practically never does).
+    """
+    array, binary = _checked_mask(array, path)
+    if binary:
+        return _components(array > 0)
+    values, _ = _value_counts(array)
+    if len(values) == 2 and values[0] == 0:
+        labels = _components(array > 0)
+        if labels.max() > 1:
+            _note_binary(path, int(values[1]), int(labels.max()))
+            return labels
     return array.astype(np.int32)
+
+
+def mask_to_bool(array: np.ndarray, path: str | Path = "") -> np.ndarray:
+    """H x W bool cell mask (value > 0) of a binary mask or label image, checked as ``mask_to_labels`` checks it,
+    without labelling connected components."""
+    array, _ = _checked_mask(array, path)
+    return array if array.dtype == np.bool_ else array > 0
 
 
 def read_labels(path: str | Path) -> np.ndarray:

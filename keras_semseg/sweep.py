@@ -41,8 +41,8 @@ import numpy as np
 import pandas as pd
 
 from data.errors import DatasetError
-from data.imageio import read_array, mask_to_labels
 from data.cli import make_parser, run_cli
+from data.imageio import mask_to_bool, read_array
 from data.outputs import check_can_write, check_output_folder, staged_outputs, write_csv
 
 from .errors import SemsegError
@@ -87,6 +87,17 @@ def _even_grid(cast: np.ndarray, work_dtype: type) -> tuple[float, float] | None
     return 1.0 / step, 1.0 + margin - start / step
 
 
+def value_range(prob: np.ndarray) -> tuple[float, float]:
+    """(min, max) of a float map; NaN when it holds NaN. float16 maps of non-negative finite values are read through
+    their bit patterns (unsigned order = value order there), several times faster than float16 ``min``/``max``."""
+    if prob.dtype == np.float16 and prob.size:
+        bits = prob.view(np.uint16)
+        top = bits.max()
+        if top < 0x7C00:
+            return float(bits.min().view(np.float16)), float(top.view(np.float16))
+    return (prob.min(), prob.max()) if prob.size else (0.0, 0.0)
+
+
 def confusion_counts(
     prob: np.ndarray, truth: np.ndarray, thresholds: Sequence[float] | np.ndarray = THRESHOLDS
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -110,7 +121,7 @@ def confusion_counts(
     thresholds = np.asarray(thresholds, dtype=np.float64).ravel()
     if thresholds.size == 0 or not np.all(np.isfinite(thresholds)):
         raise SemsegError("thresholds must be a non-empty list of finite numbers")
-    low, high = (prob.min(), prob.max()) if prob.size else (0.0, 0.0)
+    low, high = value_range(prob)
     if not (np.isfinite(low) and np.isfinite(high)):
         raise SemsegError("probability map contains NaN or infinite values")
 
@@ -118,6 +129,9 @@ def confusion_counts(
     cast = thresholds[order].astype(prob.dtype)
     n = cast.size
     bins_total = 2 * (n + 1)
+    if prob.dtype == np.float16:
+        background, cell = _float16_histograms(prob, truth, cast)
+        return _counts_from_histograms(background, cell, order)
     work_dtype = np.float32 if prob.dtype.itemsize <= 4 else np.float64
     grid = _even_grid(cast, work_dtype)
     if grid is None and work_dtype is np.float32:
@@ -149,7 +163,12 @@ def confusion_counts(
         keys = guess.astype(np.intp)
         keys -= np.take(below, keys, mode="clip") >= part
         histogram += np.bincount(keys, minlength=bins_total)
-    background, cell = histogram[: n + 1], histogram[n + 1:]
+    return _counts_from_histograms(histogram[: n + 1], histogram[n + 1:], order)
+
+
+def _counts_from_histograms(background: np.ndarray, cell: np.ndarray, order: np.ndarray) -> tuple[np.ndarray, ...]:
+    """TP, FP, FN, TN per threshold (in the caller's order) from pixel counts by c = thresholds strictly below."""
+    n = order.size
     tp = np.empty(n, np.int64)
     fp = np.empty(n, np.int64)
     tp[order] = np.cumsum(cell[::-1])[::-1][1:]
@@ -157,6 +176,28 @@ def confusion_counts(
     fn = cell.sum() - tp
     tn = background.sum() - fp
     return tp, fp, fn, tn
+
+
+def _float16_histograms(prob: np.ndarray, truth: np.ndarray, cast: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Pixel counts by c (thresholds strictly below the value), background and cell, of a float16 map.
+
+    A float16 has 65536 bit patterns: pixels are counted per (bit pattern, cell or not)
+    in one ``bincount``, and each pattern's c is found once with ``searchsorted``, exact.
+    """
+    patterns = 1 << 16
+    histogram = np.zeros(2 * patterns, np.int64)
+    flat_bits = prob.reshape(-1).view(np.uint16)
+    flat_truth = truth.reshape(-1).astype(bool, copy=False).view(np.uint8)
+    block = 4 * BLOCK_PIXELS
+    for begin in range(0, flat_bits.size, block):
+        keys = flat_bits[begin:begin + block].astype(np.int32)
+        keys |= flat_truth[begin:begin + block].astype(np.int32) << 16
+        histogram += np.bincount(keys, minlength=2 * patterns)
+    below = np.searchsorted(cast, np.arange(patterns, dtype=np.uint16).view(np.float16), side="left")
+    n_bins = cast.size + 1
+    background = np.bincount(below, weights=histogram[:patterns], minlength=n_bins).astype(np.int64)
+    cell = np.bincount(below, weights=histogram[patterns:], minlength=n_bins).astype(np.int64)
+    return background, cell
 
 
 def metrics_from_counts(tp, fp, fn, tn) -> dict[str, np.ndarray]:
@@ -230,7 +271,7 @@ def load_probability_map(path: Path) -> np.ndarray:
         raise SemsegError(f"{path}: probability map has dtype {prob.dtype}; expected floats in [0, 1]")
     if prob.size == 0:
         raise SemsegError(f"{path}: probability map has no pixels")
-    low, high = prob.min(), prob.max()
+    low, high = value_range(prob)
     if np.isnan(low) or np.isnan(high):
         raise SemsegError(f"{path}: probability map contains NaN")
     if low < 0 or high > 1:
@@ -239,9 +280,9 @@ def load_probability_map(path: Path) -> np.ndarray:
 
 
 def load_truth(path: Path) -> np.ndarray:
-    """H x W bool cell mask (> 0) from a binary or instance-label mask file."""
+    """H x W bool cell mask (> 0) from a binary or instance-label mask file (read as booleans, never labelled)."""
     try:
-        return mask_to_labels(read_array(path), path) > 0
+        return mask_to_bool(read_array(path), path)
     except DatasetError as error:
         raise SemsegError(str(error)) from None
 

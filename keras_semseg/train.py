@@ -26,6 +26,7 @@ import numpy as np
 from data import Dataset
 from data.cli import add_dataset_arguments, make_parser, open_dataset, run_cli
 from data.errors import MscsegError
+from data.geometry import training_geometry
 from data.run_record import HISTORY_CSV, RUN_JSON, RunRecord, check_resume, read_record
 
 from .errors import SemsegError
@@ -382,6 +383,7 @@ def train_model(
         if overwrite:
             _remove_previous(out_dir)
         record = _start_record(previous, settings, split_record, model, strategy, cached)
+        record.details["geometry"] = training_geometry(dataset, train, settings.image_size)
         record.write(out_dir)
         wall_before = record.wall_time_s
         fit_epochs(model, batches, settings, record, out_dir, quiet, started, wall_before)

@@ -10,22 +10,36 @@
   ``best.pt``): instances with score >= ``--threshold`` (default 0.5), painted into a
   label image in increasing score order (the higher score keeps a shared pixel).
 
-Scale and tiles: ``--scale S`` resizes each image by S first (default 1: the image's own
-pixels), so that cells have the pixel size the model was trained on; pass e.g.
-``--scale 0.256`` for a model trained on 1000 px micrographs resized to 256. Results are
-resized back, and every measurement is in the original image's pixels. The (scaled) image
-is cut into ``--tile`` x ``--tile`` tiles overlapping by ``--overlap`` pixels (default a
-quarter of the tile):
+Scale and tiles (semantic runs): by default new images meet the model as the training
+images did. ``semseg-train`` records in run.json how it resized (``geometry``: its images'
+native size, resized whole to ``image_size``); predict shows each new image to the model
+at that magnification, so an image of the training size is resized whole, exactly as in
+training, and a larger one is cut into tiles of the training images' size, each resized to
+the model input. An image whose size differs from the training images' gets a one-line
+note. ``--scale S`` overrides (model pixels per image pixel, e.g. ``--scale 0.256`` for a
+model trained on 1000 px micrographs resized to 256); a run without a recorded geometry
+uses scale 1. ``--tile`` and ``--overlap`` are in model pixels (default: the model input,
+and a quarter of it). An image smaller than a tile is padded (mirrored) and cropped back.
+Overlapping tiles are cross-faded with weights that are 0 at inner tile edges (where the
+network sees padding) and rise linearly over the overlap; every pixel, the last row and
+column included, is covered. Every measurement is in the original image's pixels.
 
-- semantic models (fixed input size): default tile = the model's input size; a tile of
-  another size is resized to the input. An image smaller than a tile is padded (mirrored)
-  and cropped back. Probabilities of overlapping tiles are cross-faded: weights fall off
-  linearly over the overlap towards each tile's edges.
-- Mask R-CNN (torchvision runs at any size): default tile 512, run at the tile's own size
-  (no resizing). Instances are merged by ownership: each pixel belongs to the tile whose
-  centre is nearest, and an instance is kept from the tile that owns its centroid, so a
-  cell cut by one tile's edge is taken from the tile that sees it whole (when the overlap
-  is wider than the cell).
+Minimum cell area: by default half the 1st percentile of the training cells' areas
+(recorded by ``semseg-train``), rescaled to the new images' pixels; ``--min-area``
+overrides; the value and its source are in predict.json and counts.csv.
+
+Mask R-CNN runs (torchvision runs at any size): scale 1 unless ``--scale``; default tile
+512, run at the tile's own size (no resizing). Instances are merged by ownership: each pixel belongs to the tile whose
+centre is nearest, and an instance is kept from the tile that owns its centroid, so a
+cell cut by one tile's edge is taken from the tile that sees it whole (when the overlap
+is wider than the cell).
+
+``--recursive`` searches subfolders and skips annotation folders and files (CTC
+``*_GT``/``*_ST``, ``man_seg*``/``man_track*``, ``masks``, ``labels``, ...), saying how
+many it skipped. ``--coco FILE.json`` also writes the cells as COCO results (RLE; score =
+Mask R-CNN score, or a semantic cell's mean probability), with image ids taken from
+``--coco-gt GT.json`` (matched by ``file_name``), so ``python -m torch_instseg.evaluate``
+can score a dataset end to end (``python -m data convert SRC --to coco`` writes GT.json).
 
 Outputs (in ``--out``)::
 
@@ -33,8 +47,9 @@ Outputs (in ``--out``)::
     labels/<name>.png    16-bit instance labels (0 = background); labels/<name>.tif (32-bit) above 65535 cells
     overlays/<name>.png  the micrograph with each cell's outline
     cells/<name>.csv     one row per cell: area_px, perimeter_px, major/minor axis, elongation, centroid (score)
-    counts.csv           one row per image: cell_count, confluence (cell area fraction), mean cell area
-    predict.json         model, threshold and where it came from, tiling, versions
+    counts.csv           one row per image: cell_count, confluence (cell area fraction), mean cell area,
+                         min_area_px, tiles, seconds
+    predict.json         model, threshold, scale, minimum area and where each came from, tiling, notes, versions
 
 Image names are file stems; when two inputs share a stem (e.g. ``set1/raw.tif`` and
 ``set2/raw.tif``), the parent folder's name is put in front (``set1_raw``).
@@ -42,7 +57,9 @@ Image names are file stems; when two inputs share a stem (e.g. ``set1/raw.tif`` 
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -58,13 +75,36 @@ from .layout import Layout, run_json
 CELL_COLUMNS = ["image", "cell", "area_px", "perimeter_px", "major_axis_px", "minor_axis_px", "elongation",
                 "centroid_x", "centroid_y", "score"]
 COUNT_COLUMNS = ["image", "width", "height", "cell_count", "confluence", "mean_area_px", "median_area_px",
-                 "kind", "model", "threshold"]
+                 "kind", "model", "threshold", "min_area_px", "tiles", "seconds"]
 
 
 # ---------------------------------------------------------------- inputs
 
-def find_images(inputs: Sequence[str | Path], recursive: bool = False) -> dict[str, Path]:
-    """``{name: path}`` of the image files given (files, or folders of images); names are unique."""
+ANNOTATION_FOLDERS = ("*_GT", "*_ST", "masks", "mask", "labels", "annotations", "ground_truth", "groundtruth", "gt")
+ANNOTATION_FILES = ("man_seg*", "man_track*", "mask*", "*_mask", "*_masks", "instances_ids")
+
+
+def is_annotation(path: Path, root: Path) -> bool:
+    """True for a file inside an annotation folder under ``root`` (CTC ``01_GT``/``01_ST``, ``masks``, ...) or named like one
+    (CTC ``man_seg*``/``man_track*``, ``mask*``, ``*_mask``, ``instances_ids``); case-insensitive."""
+    folders = [part.lower() for part in path.relative_to(root).parts[:-1]]
+    stem = path.stem.lower()
+    return (any(fnmatch.fnmatch(folder, pattern.lower()) for folder in folders for pattern in ANNOTATION_FOLDERS)
+            or any(fnmatch.fnmatch(stem, pattern) for pattern in ANNOTATION_FILES))
+
+
+def skipped_note(skipped: Sequence[Path]) -> str:
+    folders = sorted({str(path.parent) for path in skipped})
+    shown = ", ".join(folders[:3]) + (f" and {len(folders) - 3} more" if len(folders) > 3 else "")
+    return f"note: skipped {len(skipped)} annotation file(s) (masks, labels, CTC *_GT/*_ST, man_seg/man_track) in {shown}"
+
+
+def find_images(inputs: Sequence[str | Path], recursive: bool = False, skipped: list[Path] | None = None) -> dict[str, Path]:
+    """``{name: path}`` of the image files given (files, or folders of images); names are unique.
+
+    With ``recursive``, files in annotation folders or named like masks (``is_annotation``)
+    are left out and appended to ``skipped``; files given by name are always taken.
+    """
     from data.imageio import IMAGE_SUFFIXES
 
     paths: list[Path] = []
@@ -73,6 +113,11 @@ def find_images(inputs: Sequence[str | Path], recursive: bool = False) -> dict[s
         if item.is_dir():
             pattern = "**/*" if recursive else "*"
             found = sorted(p for p in item.glob(pattern) if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            if recursive:
+                annotations = [p for p in found if is_annotation(p, item)]
+                found = [p for p in found if p not in set(annotations)]
+                if skipped is not None:
+                    skipped += annotations
             if not found:
                 hint = "" if recursive else " (add --recursive to search its subfolders)"
                 raise RunError(f"{item}: no image files ({', '.join(IMAGE_SUFFIXES)}){hint}")
@@ -103,6 +148,7 @@ class LoadedModel:
     model: Any
     input_size: int | None  # the model's square input size (None: native size, torchvision resizes)
     run_dir: Path
+    geometry: dict | None = None  # how training resized its images (data.geometry.training_geometry), when recorded
 
 
 def run_kind(run_dir: Path) -> str:
@@ -123,7 +169,8 @@ def load_model(run_dir: str | Path, which: str = "best", device: str | None = No
         from keras_semseg.predict import load_run
 
         model, settings = load_run(run_dir, which)
-        return LoadedModel(kind, str(settings.get("model", run_dir.name)), model, int(settings["image_size"]), run_dir)
+        return LoadedModel(kind, str(settings.get("model", run_dir.name)), model, int(settings["image_size"]), run_dir,
+                           settings.get("geometry") or (settings.get("details") or {}).get("geometry"))
     from torch_instseg.maskrcnn import load_model as load_maskrcnn
 
     model = load_maskrcnn(run_dir, which=which, device=device)
@@ -164,46 +211,68 @@ def owner_index(length: int, starts: Sequence[int], tile: int) -> np.ndarray:
     return np.argmin(np.abs(positions - centres[None, :]), axis=1)
 
 
-def blend_weights(height: int, width: int, overlap: int) -> np.ndarray:
-    """H x W weights: 1 in the tile's middle, falling linearly over ``overlap`` pixels to a small positive value at the edges
-    (two overlapping tiles cross-fade, so neither tile's border pixels, where padding affects the model, dominate)."""
-    ramp = max(1, overlap)
+def axis_weights(length: int, starts: Sequence[int], tile: int, ramp: int) -> list[np.ndarray]:
+    """Per tile along one axis, ``tile`` blend weights that are 0 at the tile's inner edges (edges inside the image).
 
-    def axis(n: int) -> np.ndarray:
-        distance = np.minimum(np.arange(n), np.arange(n)[::-1]) + 1
-        return np.clip(distance / (ramp + 1), 0.0, 1.0)
+    A weight rises linearly from 0 at an inner edge to 1 at ``ramp`` pixels from it;
+    edges on the image border keep weight 1, so the first and last row and column
+    count fully. Where every tile covering a position is at an inner edge (tiles that
+    meet without overlap), those tiles share it equally: every position has weight.
+    """
+    position = np.arange(tile, dtype=np.float64)
+    weights = []
+    for start in starts:
+        distance = np.full(tile, np.inf)
+        if start > 0:
+            distance = np.minimum(distance, position)
+        if start + tile < length:
+            distance = np.minimum(distance, tile - 1 - position)
+        weights.append(np.clip(distance / max(1, ramp), 0.0, 1.0))
+    total = np.zeros(max(length, tile))
+    for start, weight in zip(starts, weights):
+        total[start:start + tile] += weight
+    for start, weight in zip(starts, weights):
+        weight[total[start:start + tile] == 0] = 1.0
+    return weights
 
-    return np.outer(axis(height), axis(width)).astype(np.float32)
+
+def _pair(value: int | tuple[int, int]) -> tuple[int, int]:
+    return (int(value), int(value)) if np.isscalar(value) else (int(value[0]), int(value[1]))
 
 
-def _padded(image: np.ndarray, tile: int) -> np.ndarray:
+def _padded(image: np.ndarray, tile_h: int, tile_w: int | None = None) -> np.ndarray:
+    tile_w = tile_h if tile_w is None else tile_w
     height, width = image.shape[:2]
-    pad = ((0, max(0, tile - height)), (0, max(0, tile - width))) + ((0, 0),) * (image.ndim - 2)
+    pad = ((0, max(0, tile_h - height)), (0, max(0, tile_w - width))) + ((0, 0),) * (image.ndim - 2)
     return np.pad(image, pad, mode="symmetric") if any(p[1] for p in pad[:2]) else image
 
 
-def _tiles(image: np.ndarray, tile: int, overlap: int) -> list[tuple[int, int, np.ndarray]]:
-    """(y0, x0, tile image) for each tile; tiles past a small image's edge are mirrored padding."""
-    height, width = image.shape[:2]
-    padded = _padded(image, tile)
-    return [(y0, x0, padded[y0:y0 + tile, x0:x0 + tile]) for y0 in tile_starts(height, tile, overlap)
-            for x0 in tile_starts(width, tile, overlap)]
+def semantic_probabilities(loaded: LoadedModel, image: np.ndarray, tile: int | tuple[int, int], overlap: int | tuple[int, int],
+                           batch_size: int = 32) -> np.ndarray:
+    """H x W float32 probabilities of an H x W x 3 image from tiles of ``tile`` (h, w) pixels overlapping by ``overlap``.
 
-
-def semantic_probabilities(loaded: LoadedModel, image: np.ndarray, tile: int, overlap: int, batch_size: int = 32) -> np.ndarray:
-    """H x W float32 probabilities of an H x W x 3 image, tiled and blended."""
+    Each tile is resized to the model's input (as training resized whole images) and
+    its map back; tiles are cross-faded with ``axis_weights`` (weight 0 at inner tile
+    edges, where the model sees padding), so the seams vanish. An image smaller than a
+    tile is padded (mirrored) and cropped back.
+    """
     from keras_semseg.predict import predict_probs
 
+    (tile_h, tile_w), (overlap_h, overlap_w) = _pair(tile), _pair(overlap)
     height, width = image.shape[:2]
-    pieces = _tiles(image, tile, overlap)
-    probabilities = predict_probs(loaded.model, [p[2] for p in pieces], loaded.input_size, batch_size=batch_size)
-    total = np.zeros((max(height, tile), max(width, tile)), np.float32)
+    ys, xs = tile_starts(height, tile_h, overlap_h), tile_starts(width, tile_w, overlap_w)
+    padded = _padded(image, tile_h, tile_w)
+    pieces = [padded[y0:y0 + tile_h, x0:x0 + tile_w] for y0 in ys for x0 in xs]
+    probabilities = iter(predict_probs(loaded.model, pieces, loaded.input_size, batch_size=batch_size))
+    weights_y, weights_x = axis_weights(height, ys, tile_h, overlap_h), axis_weights(width, xs, tile_w, overlap_w)
+    total = np.zeros((max(height, tile_h), max(width, tile_w)), np.float64)
     weight_sum = np.zeros_like(total)
-    weights = blend_weights(tile, tile, overlap) if len(pieces) > 1 else np.ones((tile, tile), np.float32)
-    for (y0, x0, _), probability in zip(pieces, probabilities):
-        total[y0:y0 + tile, x0:x0 + tile] += probability * weights
-        weight_sum[y0:y0 + tile, x0:x0 + tile] += weights
-    return (total / np.maximum(weight_sum, 1e-12))[:height, :width]
+    for y0, weight_y in zip(ys, weights_y):
+        for x0, weight_x in zip(xs, weights_x):
+            weights = np.outer(weight_y, weight_x)
+            total[y0:y0 + tile_h, x0:x0 + tile_w] += next(probabilities) * weights
+            weight_sum[y0:y0 + tile_h, x0:x0 + tile_w] += weights
+    return (total / weight_sum)[:height, :width].astype(np.float32)
 
 
 INSTANCE_TILE = 512
@@ -331,118 +400,223 @@ def components(mask: np.ndarray, min_area: int = 0) -> np.ndarray:
     return labels.astype(np.int32)
 
 
+@dataclass
+class Scaling:
+    """How new images meet the model: the scale per axis (model pixels per image pixel) and where it came from."""
+
+    scale_y: float
+    scale_x: float
+    source: str
+
+    @property
+    def isotropic(self) -> float:
+        return float(np.sqrt(self.scale_y * self.scale_x))
+
+
+def choose_scaling(loaded: LoadedModel, scale: float | None) -> Scaling:
+    """``--scale`` when given; else the training geometry of a semantic run (its native size -> image_size); else 1."""
+    if scale is not None:
+        if not 0.01 <= scale <= 100:
+            raise RunError(f"--scale must be between 0.01 and 100, got {scale}")
+        return Scaling(float(scale), float(scale), "--scale")
+    geometry = loaded.geometry
+    if loaded.kind == "semantic" and geometry:
+        return Scaling(float(geometry["scale_y"]), float(geometry["scale_x"]),
+                       f"training geometry: {geometry['native_width']}x{geometry['native_height']} px images resized whole to "
+                       f"{geometry['image_size']}x{geometry['image_size']}")
+    return Scaling(1.0, 1.0, "default 1 (the run recorded no training geometry)")
+
+
+def size_note(name: str, height: int, width: int, geometry: dict | None, tiles: int) -> str:
+    """One line when an image's size differs from the training images' ('' when it is the same or unknown)."""
+    if not geometry or (height, width) == (geometry["native_height"], geometry["native_width"]):
+        return ""
+    return (f"note: {name} is {width}x{height} px, the training images were {geometry['native_width']}x{geometry['native_height']}; "
+            f"shown to the model at the training magnification in {tiles} tile(s)")
+
+
+def coco_image_ids(named: dict[str, Path], gt_path: str | Path | None) -> dict[str, int]:
+    """Image id per name: from a COCO ground truth's ``file_name`` (the name, the file stem or its folder's name), else 1..N."""
+    if gt_path is None:
+        return {name: position for position, name in enumerate(named, 1)}
+    from torch_instseg.coco import image_id_by_name, load_coco
+
+    by_name = image_id_by_name(load_coco(gt_path))
+    ids = {}
+    for name, path in named.items():
+        found = [by_name[key] for key in (name, path.stem, path.parent.name) if key in by_name]
+        if not found:
+            raise RunError(f"{gt_path}: no image with file_name '{name}' (or '{path.stem}', '{path.parent.name}') for {path}")
+        ids[name] = found[0]
+    return ids
+
+
 def predict_folder(
     run_dir: str | Path,
     images: Sequence[str | Path],
     out_dir: str | Path,
     *,
     threshold: float | None = None,
-    scale: float = 1.0,
+    scale: float | None = None,
     tile: int | None = None,
     overlap: int | None = None,
-    min_area: int = 0,
+    min_area: int | None = None,
     which: str = "best",
     device: str | None = None,
     recursive: bool = False,
     overwrite: bool = False,
     quiet: bool = True,
+    coco: str | Path | None = None,
+    coco_gt: str | Path | None = None,
 ) -> pd.DataFrame:
     """Predict every image, write the outputs listed in the module docstring; returns counts.csv's table.
 
-    Every image is read once before the model is loaded, and the outputs are written into
-    a staging folder and moved into ``out_dir`` together, so a bad input or a failure
-    leaves ``out_dir`` as it was.
+    ``scale`` None: the training geometry (semantic runs that recorded it), else 1.
+    ``min_area`` None: half the training cells' 1st-percentile area rescaled to the new
+    images (semantic runs with a training geometry), else 0. ``coco``: also write the
+    cells as COCO results (RLE masks; score = instance score, or mean probability for a
+    semantic run) with image ids from ``coco_gt`` when given.
     """
-    from data.imageio import read_image
-    from data.outputs import check_can_write, check_output_folder, staged_outputs, write_json
+    from data.imageio import read_image, write_labels, write_png
+    from data.outputs import check_can_write, check_output_folder, staged_outputs, write_csv, write_json
 
     out_dir = check_output_folder(out_dir)
-    named = find_images(images, recursive)
+    skipped: list[Path] = []
+    named = find_images(images, recursive, skipped)
+    if skipped and not quiet:
+        print(skipped_note(skipped))
     for path in named.values():
         read_image(path)
     if threshold is not None and not 0.0 <= threshold <= 1.0:
         raise RunError(f"--threshold must be between 0 and 1, got {threshold}")
-    if min_area < 0:
+    if min_area is not None and min_area < 0:
         raise RunError(f"--min-area must be zero or positive, got {min_area}")
-    planned = [out_dir / "counts.csv", out_dir / "predict.json"]
+    planned = [out_dir / "counts.csv", out_dir / "predict.json"] + ([Path(coco)] if coco else [])
     for name in named:
         planned += [out_dir / sub / f"{name}{ext}" for sub, ext in
                     (("masks", ".png"), ("labels", ".png"), ("labels", ".tif"), ("overlays", ".png"), ("cells", ".csv"))]
     for path in planned:
         check_can_write(path, overwrite)
+    image_ids = coco_image_ids(named, coco_gt) if coco else {}
     loaded = load_model(run_dir, which, device)
     if threshold is None:
         threshold, threshold_source = default_threshold(loaded)
     else:
         threshold_source = "--threshold"
-    if not 0.01 <= scale <= 100:
-        raise RunError(f"--scale must be between 0.01 and 100, got {scale}")
-    default_tile = loaded.input_size if loaded.kind == "semantic" else INSTANCE_TILE
-    tile_size = int(tile) if tile else int(default_tile)
-    if tile_size < 32:
-        raise RunError(f"--tile must be at least 32 pixels, got {tile_size}")
-    overlap_px = int(overlap) if overlap is not None else tile_size // 4
-    if not 0 <= overlap_px < tile_size:
-        raise RunError(f"--overlap must be between 0 and the tile size ({tile_size}), got {overlap_px}")
+    scaling = choose_scaling(loaded, scale)
+    if loaded.kind == "semantic":
+        model_tile = int(tile) if tile else int(loaded.input_size)
+        tile_px = (max(1, round(model_tile / scaling.scale_y)), max(1, round(model_tile / scaling.scale_x)))
+    else:
+        model_tile = int(tile) if tile else INSTANCE_TILE
+        tile_px = (model_tile, model_tile)
+    if model_tile < 32:
+        raise RunError(f"--tile must be at least 32 pixels, got {model_tile}")
+    overlap_model = int(overlap) if overlap is not None else model_tile // 4
+    if not 0 <= overlap_model < model_tile:
+        raise RunError(f"--overlap must be between 0 and the tile size ({model_tile}), got {overlap_model}")
+    if loaded.kind == "semantic":
+        overlap_px = (round(overlap_model / scaling.scale_y), round(overlap_model / scaling.scale_x))
+    else:
+        overlap_px = (overlap_model, overlap_model)
+    if min_area is None:
+        from data.geometry import default_min_area
+
+        min_area, min_area_source = (default_min_area(loaded.geometry, scaling.scale_y, scaling.scale_x) if loaded.geometry
+                                     else (0, "0 (the run recorded no training cell areas)"))
+    else:
+        min_area_source = "--min-area"
 
     with staged_outputs(out_dir) as stage:
-        table = _predict_into(stage, loaded, named, threshold, scale, tile_size, overlap_px, min_area, device, quiet)
+        counts, notes, detections = [], [], []
+        for position, (name, path) in enumerate(named.items(), 1):
+            started = time.perf_counter()
+            image = read_image(path)
+            height, width = image.shape[:2]
+            probability = None
+            if loaded.kind == "semantic":
+                probability = semantic_probabilities(loaded, image, tile_px, overlap_px)
+                labels = components(probability > np.float32(threshold), min_area)
+                mask = labels > 0
+                scores: dict[int, float] = {}
+                n_tiles = len(tile_starts(height, tile_px[0], overlap_px[0])) * len(tile_starts(width, tile_px[1], overlap_px[1]))
+            else:
+                work = resize_image(image, scaling.isotropic) if scaling.isotropic != 1 else image
+                labels, scores = instance_labels(loaded, work, tile_px[0], overlap_px[0], threshold, device)
+                labels = resize_back(labels, (height, width), labels=True)
+                labels, scores = relabel(labels, scores)
+                if min_area > 0:
+                    small = np.flatnonzero(np.bincount(labels.ravel()) < min_area)
+                    labels[np.isin(labels, small[small > 0])] = 0
+                    labels, scores = relabel(labels, scores)
+                mask = labels > 0
+                n_tiles = len(tile_starts(work.shape[0], min(tile_px[0], work.shape[0]), overlap_px[0])) * \
+                    len(tile_starts(work.shape[1], min(tile_px[1], work.shape[1]), overlap_px[1]))
+            note = size_note(name, height, width, loaded.geometry if loaded.kind == "semantic" else None, n_tiles)
+            if note:
+                notes.append(note)
+                if not quiet:
+                    print(note)
+            cells = measure_cells(labels, name, scores)
+            write_png(stage / "masks" / f"{name}.png", (mask * 255).astype(np.uint8))
+            write_labels(stage / "labels" / f"{name}{'.png' if labels.max(initial=0) <= 65535 else '.tif'}", labels)
+            write_png(stage / "overlays" / f"{name}.png", overlay(image, labels))
+            write_csv(stage / "cells" / f"{name}.csv", cells)
+            if coco:
+                detections += cell_detections(image_ids[name], labels, scores, probability)
+            counts.append({
+                "image": name, "width": width, "height": height, "cell_count": len(cells),
+                "confluence": float(mask.mean()),
+                "mean_area_px": float(cells["area_px"].mean()) if len(cells) else float("nan"),
+                "median_area_px": float(cells["area_px"].median()) if len(cells) else float("nan"),
+                "kind": loaded.kind, "model": loaded.name, "threshold": threshold, "min_area_px": min_area,
+                "tiles": n_tiles, "seconds": round(time.perf_counter() - started, 3),
+            })
+            if not quiet:
+                print(f"[{position}/{len(named)}] {name}: {len(cells)} cells, confluence {mask.mean():.3f} "
+                      f"({n_tiles} tile(s), {counts[-1]['seconds']:.1f} s)")
+        table = pd.DataFrame(counts, columns=COUNT_COLUMNS)
+        write_csv(stage / "counts.csv", table)
+        if coco:
+            from torch_instseg.coco import write_results
+
+            write_results(coco, detections, {"score_source": "maskrcnn_score" if loaded.kind == "instance" else "mean_probability",
+                                             "model_dir": str(Path(run_dir).resolve()), "threshold": threshold})
         from data.run_record import library_versions
 
         write_json(stage / "predict.json", {
             "model_dir": str(Path(run_dir).resolve()), "kind": loaded.kind, "model": loaded.name, "weights": which,
             "threshold": threshold, "threshold_source": threshold_source,
             "threshold_meaning": "probability > threshold" if loaded.kind == "semantic" else "instance score >= threshold",
-            "scale": scale, "tile": tile_size, "overlap": overlap_px, "model_input_size": loaded.input_size,
-            "tile_handling": "resized to the model input" if loaded.kind == "semantic" else "run at the tile's own size",
-            "min_area_px": min_area,
+            "scale": scaling.isotropic if scaling.scale_y == scaling.scale_x else [scaling.scale_y, scaling.scale_x],
+            "scale_source": scaling.source, "training_geometry": loaded.geometry,
+            "tile": model_tile, "overlap": overlap_model, "tile_px": list(tile_px), "overlap_px": list(overlap_px),
+            "model_input_size": loaded.input_size,
+            "tile_handling": ("each tile (tile_px image pixels) resized to the model input, maps cross-faded with weight 0 at "
+                              "inner tile edges" if loaded.kind == "semantic" else "run at the tile's own size"),
+            "min_area_px": min_area, "min_area_source": min_area_source, "size_notes": notes,
+            "skipped_annotation_files": len(skipped), "coco_results": None if coco is None else str(coco),
             "images": {name: str(path) for name, path in named.items()}, "versions": library_versions(),
         })
     return table
 
 
-def _predict_into(out_dir: Path, loaded: LoadedModel, named: dict[str, Path], threshold: float, scale: float,
-                  tile_size: int, overlap_px: int, min_area: int, device: str | None, quiet: bool) -> pd.DataFrame:
-    """Write masks/, labels/, overlays/, cells/ and counts.csv of every image into ``out_dir``; returns counts."""
-    from data.imageio import read_image, write_labels, write_png
-    from data.outputs import write_csv
+def cell_detections(image_id: int, labels: np.ndarray, scores: dict[int, float], probability: np.ndarray | None) -> list[dict]:
+    """COCO results (RLE) of one label image; score = the instance's score, or its mean probability (semantic)."""
+    from torch_instseg.coco import labels_to_annotations
 
-    counts = []
-    for position, (name, path) in enumerate(named.items(), 1):
-        image = read_image(path)
-        height, width = image.shape[:2]
-        work = resize_image(image, scale) if scale != 1 else image
-        if loaded.kind == "semantic":
-            probability = resize_back(semantic_probabilities(loaded, work, tile_size, overlap_px), (height, width), labels=False)
-            labels = components(probability > np.float32(threshold), min_area)
-            mask = labels > 0
-            scores: dict[int, float] = {}
-        else:
-            labels, scores = instance_labels(loaded, work, tile_size, overlap_px, threshold, device)
-            labels = resize_back(labels, (height, width), labels=True)
-            labels, scores = relabel(labels, scores)
-            if min_area > 0:
-                small = np.flatnonzero(np.bincount(labels.ravel()) < min_area)
-                labels[np.isin(labels, small[small > 0])] = 0
-                labels, scores = relabel(labels, scores)
-            mask = labels > 0
-        cells = measure_cells(labels, name, scores)
-        write_png(out_dir / "masks" / f"{name}.png", (mask * 255).astype(np.uint8))
-        write_labels(out_dir / "labels" / f"{name}{'.png' if labels.max(initial=0) <= 65535 else '.tif'}", labels)
-        write_png(out_dir / "overlays" / f"{name}.png", overlay(image, labels))
-        write_csv(out_dir / "cells" / f"{name}.csv", cells)
-        counts.append({
-            "image": name, "width": width, "height": height, "cell_count": len(cells),
-            "confluence": float(mask.mean()),
-            "mean_area_px": float(cells["area_px"].mean()) if len(cells) else float("nan"),
-            "median_area_px": float(cells["area_px"].median()) if len(cells) else float("nan"),
-            "kind": loaded.kind, "model": loaded.name, "threshold": threshold,
-        })
-        if not quiet:
-            print(f"[{position}/{len(named)}] {name}: {len(cells)} cells, confluence {mask.mean():.3f}")
-    table = pd.DataFrame(counts, columns=COUNT_COLUMNS)
-    write_csv(out_dir / "counts.csv", table)
-    return table
+    detections = []
+    ids = np.arange(1, int(labels.max()) + 1) if labels.size else np.zeros(0, int)
+    if probability is not None and ids.size:
+        sums = np.bincount(labels.ravel(), weights=probability.ravel().astype(np.float64), minlength=ids.size + 1)
+        areas = np.bincount(labels.ravel(), minlength=ids.size + 1)
+        mean_probability = {int(i): float(sums[i] / areas[i]) for i in ids if areas[i]}
+    for label, annotation in zip(np.unique(labels[labels > 0]), labels_to_annotations(labels, image_id)):
+        score = scores.get(int(label)) if probability is None else mean_probability[int(label)]
+        detections.append({"image_id": image_id, "category_id": annotation["category_id"],
+                           "segmentation": annotation["segmentation"], "score": float(score if score is not None else 1.0),
+                           "bbox": annotation["bbox"], "area": annotation["area"]})
+    return detections
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -457,15 +631,23 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--images", required=True, nargs="+", help="image files and/or folders of images")
     parser.add_argument("--out", required=True, type=Path, help="output folder")
     parser.add_argument("--threshold", type=float, help="probability (semantic) or score (instance) threshold")
-    parser.add_argument("--scale", type=float, default=1.0,
-                        help="resize images by this factor first, to the pixel size the model was trained at (default 1)")
+    parser.add_argument("--scale", type=float, default=None,
+                        help="resize images by this factor first (model pixels per image pixel); default: as training resized "
+                        "its images (semantic runs), else 1")
     parser.add_argument("--tile", type=int, help="tile size in pixels of the scaled image (default: the semantic model's "
                         f"input size; {INSTANCE_TILE} for Mask R-CNN)")
     parser.add_argument("--overlap", type=int, help="overlap between tiles in pixels (default: a quarter of the tile)")
-    parser.add_argument("--min-area", type=int, default=0, help="drop cells smaller than this many pixels (default 0)")
+    parser.add_argument("--min-area", type=int, default=None,
+                        help="drop cells smaller than this many pixels (default: half the training cells' 1st-percentile area, "
+                        "rescaled to the new images; 0 when the run recorded none)")
     parser.add_argument("--which", choices=("best", "last"), default="best", help="which weights of the run (default best)")
     parser.add_argument("--device", help="torch device for Mask R-CNN (cpu, cuda; default: CUDA when available)")
-    parser.add_argument("--recursive", action="store_true", help="also look for images in subfolders of the given folders")
+    parser.add_argument("--recursive", action="store_true", help="also look for images in subfolders of the given folders "
+                        "(annotation folders such as CTC *_GT, masks, labels are skipped)")
+    parser.add_argument("--coco", type=Path, help="also write the cells as COCO results (RLE) to this JSON file, "
+                        "for python -m torch_instseg.evaluate")
+    parser.add_argument("--coco-gt", type=Path, help="COCO ground truth whose image ids (by file_name) --coco uses "
+                        "(default: ids 1..N in name order)")
     parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     return parser
 
@@ -474,7 +656,8 @@ def _main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     table = predict_folder(args.model, args.images, args.out, threshold=args.threshold, scale=args.scale, tile=args.tile,
                            overlap=args.overlap, min_area=args.min_area, which=args.which, device=args.device,
-                           recursive=args.recursive, overwrite=args.overwrite, quiet=False)
+                           recursive=args.recursive, overwrite=args.overwrite, quiet=False, coco=args.coco,
+                           coco_gt=args.coco_gt)
     print(table[["image", "cell_count", "confluence"]].to_string(index=False))
     print(f"outputs in {args.out}")
     return 0

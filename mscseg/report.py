@@ -329,6 +329,18 @@ def _stats_html(layout: Layout, study: str) -> str:
     return "".join(parts)
 
 
+def _cap_notes(layout: Layout) -> list[str]:
+    """One visible line per evaluation whose summary.json says the max_dets cap left detections out."""
+    notes = []
+    for path in sorted(layout.evaluations.glob("*/*/summary.json")):
+        summary = _read_json(path) or {}
+        if summary.get("n_pred_dropped_by_cap"):
+            notes.append(f'<p class="warning">{_e(path.parent.parent.name)}, {_e(summary.get("interpolation"))}-point: the cap of '
+                         f'{_e(summary.get("max_dets"))} detections per image left out {_e(summary["n_pred_dropped_by_cap"])} of '
+                         f'{_e(summary.get("n_pred"))} detections in {_e(summary.get("n_images_capped"))} images (not scored).</p>')
+    return notes
+
+
 def _instance_section(layout: Layout) -> str:
     parts = ["<h3>Instance table: this run</h3>"]
     ours = _read_csv(layout.instance_table)
@@ -343,6 +355,7 @@ def _instance_section(layout: Layout) -> str:
                      "101-point = pycocotools. max_dets = detections kept per image.</p>")
     else:
         parts.append(_missing(f"instance table ({layout.instance_table.relative_to(layout.root).as_posix()})"))
+    parts += _cap_notes(layout)
     published = _read_csv(PUBLISHED_DIR / "instance_table.csv")
     if published is not None:
         shown = published.drop(columns=["source"]).copy()

@@ -205,3 +205,68 @@ def test_summarize_known_answer():
     text = summary_text(frame)
     assert "images: 2" in text and "sizes (W x H): 5x4 (2)" in text
     assert "cells per image: mean 1.00, min 0, max 2 (total 2)" in text and "images without cells: 1" in text
+
+
+def test_convert_to_coco_matches_pycocotools(tmp_path, capsys):
+    mask_util = pytest.importorskip("pycocotools.mask")
+    root = tmp_path / "pairs"
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    labels = np.zeros((13, 17), np.uint16)
+    labels[0:3, 0:2] = 1                      # touches the top-left corner
+    labels[5:13, 16] = 2                      # last column, down to the last row
+    labels[2:9, 6:12] = 3
+    labels[4:7, 8:10] = 0                     # a hole
+    labels[10, 1:15] = 4                      # one row spanning many columns
+    labels[12, 0] = 7                         # one pixel; label values need not be consecutive
+    Image.fromarray(labels).save(root / "masks" / "frame.png")
+    Image.fromarray(np.arange(13 * 17, dtype=np.uint8).reshape(13, 17)).save(root / "images" / "frame.png")
+    tifffile.imwrite(str(root / "images" / "blank.tif"), np.zeros((6, 9), np.uint16))
+    Image.fromarray(np.zeros((6, 9), np.uint8)).save(root / "masks" / "blank.png")
+    out = tmp_path / "gt.json"
+    code, stdout, _ = run(capsys, "convert", root, "--to", "coco", "--out", out)
+    assert code == 0 and "2 samples" in stdout and "5 cells" in stdout
+    coco = json.loads(out.read_text())
+    assert [(i["file_name"], i["width"], i["height"]) for i in coco["images"]] == [("blank", 9, 6), ("frame", 17, 13)]
+    assert coco["categories"] == [{"id": 1, "name": "cell"}]
+    frame_id = coco["images"][1]["id"]
+    annotations = coco["annotations"]
+    assert [a["image_id"] for a in annotations] == [frame_id] * 5 and len({a["id"] for a in annotations}) == 5
+    for annotation, value in zip(annotations, (1, 2, 3, 4, 7)):
+        reference = mask_util.encode(np.asfortranarray((labels == value).astype(np.uint8)))
+        assert annotation["segmentation"]["counts"] == reference["counts"].decode("ascii")
+        assert annotation["segmentation"]["size"] == [13, 17]
+        assert annotation["area"] == int(mask_util.area(reference))
+        assert annotation["bbox"] == mask_util.toBbox(reference).tolist()
+        assert annotation["iscrowd"] == 0 and annotation["category_id"] == 1
+    code, _, err = run(capsys, "convert", root, "--to", "coco", "--out", out)
+    assert code == 2 and "already exists" in err
+
+
+def test_convert_to_coco_then_self_evaluation_scores_one(tmp_path, capsys):
+    from torch_instseg.evaluate import evaluate
+
+    run(capsys, "synth", "--out", tmp_path / "syn", "--n", 3, "--size", 64, "--density", "medium")
+    code, _, _ = run(capsys, "convert", tmp_path / "syn", "--to", "coco", "--out", tmp_path / "gt.json")
+    assert code == 0
+    coco = json.loads((tmp_path / "gt.json").read_text())
+    results = [{"image_id": a["image_id"], "category_id": 1, "segmentation": a["segmentation"], "score": 1.0}
+               for a in coco["annotations"]]
+    for interpolation in (11, 101):
+        assert evaluate(tmp_path / "gt.json", results, interpolation=interpolation, max_dets=None)["mAP"] == 1.0
+
+
+@pytest.mark.realdata
+def test_usiigaci_to_coco_scores_one_against_itself(usiigaci_root, tmp_path, capsys):
+    from torch_instseg.evaluate import evaluate
+
+    out = tmp_path / "val.json"
+    code, stdout, _ = run(capsys, "convert", usiigaci_root / "val", "--format", "per_sample", "--image-name", "raw.tif",
+                          "--mask-name", "instances_ids.png", "--to", "coco", "--out", out)
+    assert code == 0 and "5 samples" in stdout
+    coco = json.loads(out.read_text())
+    assert [image["file_name"] for image in coco["images"]] == ["set46", "set47", "set48", "set49", "set50"]
+    results = [{"image_id": a["image_id"], "category_id": 1, "segmentation": a["segmentation"], "score": 1.0}
+               for a in coco["annotations"]]
+    for interpolation in (11, 101):
+        assert evaluate(out, results, interpolation=interpolation, max_dets=None)["mAP"] == 1.0

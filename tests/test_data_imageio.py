@@ -118,3 +118,39 @@ def test_write_labels_round_trip(tmp_path):
     assert not list(tmp_path.glob("*.partial"))
     with pytest.raises(ValueError):
         write_png(tmp_path / "f.png", np.zeros((2, 2), np.float32))
+
+
+@pytest.mark.parametrize("compression", ["lzw", "deflate", "zstd"])
+def test_compressed_tiffs_round_trip(compression, tmp_path):
+    pytest.importorskip("imagecodecs")
+    raw = (np.arange(48 * 40, dtype=np.uint16).reshape(48, 40) * 31) % 4096
+    path = tmp_path / f"{compression}.tif"
+    tifffile.imwrite(str(path), raw, compression=compression)
+    with tifffile.TiffFile(str(path)) as handle:
+        assert handle.pages[0].compression.name.lower().startswith(compression[:4])
+    np.testing.assert_array_equal(read_labels(path), raw.astype(np.int32))
+    np.testing.assert_array_equal(read_image(path), to_float_rgb(raw))
+    assert image_info(path)["dtype"] == "uint16"
+
+
+def test_missing_codec_names_the_package(tmp_path, monkeypatch):
+    path = tmp_path / "lzw.tif"
+    tifffile.imwrite(str(path), np.zeros((8, 8), np.uint16), compression="lzw" if _has_imagecodecs() else None)
+
+    def imread_without_codecs(*args, **kwargs):
+        raise ValueError("<COMPRESSION.LZW: 5> requires the 'imagecodecs' package")
+
+    monkeypatch.setattr(tifffile, "imread", imread_without_codecs)
+    with pytest.raises(DatasetError) as caught:
+        read_image(path)
+    message = str(caught.value)
+    assert str(path) in message and "pip install imagecodecs" in message and "LZW-compressed TIFF" in message
+    assert "unreadable or truncated" not in message and "\n" not in message
+
+
+def _has_imagecodecs() -> bool:
+    try:
+        import imagecodecs  # noqa: F401
+    except ImportError:
+        return False
+    return True

@@ -20,6 +20,7 @@ from torch_instseg.evaluate import (
     TABLE_COLUMNS,
     _match_in_order,
     _match_single_candidates,
+    cap_warning,
     evaluate,
     instance_table,
     main,
@@ -117,6 +118,62 @@ def test_missed_image_and_empty_results():
     assert frame["ap"].tolist()[1] == 0.0 and math.isnan(frame["mean_score"].iloc[1])
     assert frame["mean_score"].iloc[0] == pytest.approx(0.85)
     assert evaluate(gt, [], interpolation=101)["mAP"] == 0.0
+
+
+def test_recall_exactly_on_three_six_seven_tenths():
+    # 10 cells; ranked T T T F T T T F F T F F: recall reaches exactly 0.3, 0.6 and 0.7.
+    # Envelope: 1 up to recall 0.3 (index 2), 6/7 from index 3 to 6, then 0.75, 0.7, 0.7, 7/11, 7/12.
+    # The 11 points np.linspace(0, 1, 11) hold 0.30000000000000004, 0.6000000000000001 and
+    # 0.7000000000000001, just above 3/10, 6/10 and 7/10: they sample recall 0.4 (6/7), recall 0.7
+    # (0.7) and nothing (0). Exact tenths would give 1, 6/7 and 0.7 there instead.
+    gt_ids = list(range(10))
+    det_ids = [0, 1, 2, 20, 3, 4, 5, 21, 22, 6, 23, 24]
+    gt, results = _case([(gt_ids, det_ids, list(np.linspace(0.95, 0.4, len(det_ids))))], size=(24, 40))
+    expected = (3 + 3 * 6 / 7 + 0.7) / 11
+    assert _ap(gt, results, 11) == pytest.approx(expected, abs=1e-12)
+    assert abs(expected - (4 + 2 * 6 / 7 + 0.7 + 0.7) / 11) > 0.05
+    _, coco_eleven = _cocoeval(gt, results, recall_points=np.linspace(0, 1, 11))
+    assert abs(_ap(gt, results, 11) - coco_eleven) <= 1e-12
+
+
+def test_eleven_points_equal_pycocotools_where_recall_hits_tenths():
+    """Pooled images whose recall steps are tenths (10 or 20 cells): equal to COCOeval with recThrs linspace(0, 1, 11)."""
+    rng = np.random.default_rng(7)
+    for _ in range(12):
+        images = []
+        for n_cells in (10, 10):
+            found = sorted(rng.choice(n_cells, size=int(rng.integers(3, n_cells + 1)), replace=False).tolist())
+            misses = list(range(n_cells, n_cells + int(rng.integers(0, 5))))
+            det_ids = [int(k) for k in rng.permutation(found + misses)]
+            images.append((list(range(n_cells)), det_ids, np.round(rng.random(len(det_ids)), 2).tolist()))
+        gt, results = _case(images, size=(24, 40))
+        _, coco_eleven = _cocoeval(gt, results, recall_points=np.linspace(0, 1, 11))
+        assert abs(_ap(gt, results, 11) - coco_eleven) <= 1e-12
+        for image_id in (1, 2):
+            one = {**gt, "images": [gt["images"][image_id - 1]],
+                   "annotations": [a for a in gt["annotations"] if a["image_id"] == image_id]}
+            mine = [r for r in results if r["image_id"] == image_id]
+            _, coco_one = _cocoeval(one, mine, recall_points=np.linspace(0, 1, 11))
+            assert abs(_ap(one, mine, 11) - coco_one) <= 1e-12
+
+
+def test_cap_counts_and_warns_about_dropped_detections(tmp_path, capsys):
+    ids = list(range(12))
+    gt, results = _case([(ids, ids, list(np.linspace(1.0, 0.1, 12))), ([0, 1], [0, 1], [0.9, 0.8]),
+                         (ids, ids + [40], list(np.linspace(1.0, 0.1, 13)))], size=(48, 40))
+    summary = evaluate(gt, results, interpolation=11, max_dets=10)
+    assert (summary["n_pred_dropped_by_cap"], summary["n_images_capped"]) == (2 + 3, 2)
+    assert summary["n_pred_evaluated"] == summary["n_pred"] - 5
+    line = cap_warning(summary)
+    assert "left out 5 of 27 detections in 2 of 3 images" in line and "\n" not in line
+    assert evaluate(gt, results, max_dets=None)["n_pred_dropped_by_cap"] == 0
+    assert cap_warning(evaluate(gt, results, max_dets=13)) == ""
+    gt_path, pred_path = write_coco(tmp_path / "gt.json", gt), write_coco(tmp_path / "pred.json", results)
+    assert main(["--gt", str(gt_path), "--pred", str(pred_path), "--max-dets", "10", "--out", str(tmp_path / "e")]) == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("warning: the cap of 10 detections per image left out 5 of 27")
+    written = json.loads((tmp_path / "e" / "summary.json").read_text())
+    assert (written["n_pred_dropped_by_cap"], written["n_images_capped"]) == (5, 2)
 
 
 def test_detection_cap():
@@ -239,7 +296,7 @@ def test_coco_mode_equals_pycocotools_on_random_cases():
         assert ours["AP75"] == pytest.approx(stats[2], abs=1e-6)
         if compared % 4 == 0:
             # Same matcher with the 11 recall points, and a cap of 3 detections per image.
-            _, eleven = _cocoeval(gt, results, recall_points=np.arange(11) / 10)
+            _, eleven = _cocoeval(gt, results, recall_points=np.linspace(0, 1, 11))
             assert evaluate(gt, results, interpolation=11)["mAP"] == pytest.approx(eleven, abs=1e-6)
             _, capped = _cocoeval(gt, results, max_dets=3)
             assert evaluate(gt, results, interpolation=101, max_dets=3)["mAP"] == pytest.approx(capped, abs=1e-6)

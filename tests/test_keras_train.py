@@ -53,6 +53,11 @@ def test_tiny_run_lowers_the_loss_and_writes_its_files(finished_run, synthetic):
     assert saved["split"]["path"] == "split.json"
     assert saved["split"]["train"] == split["train"] and saved["split"]["val"] == split["val"]
     assert saved["epochs"] == 4 and saved["epoch_time_s_mean"] > 0
+    geometry = saved["details"]["geometry"]
+    assert (geometry["native_height"], geometry["native_width"], geometry["image_size"]) == (ORIGINAL_SIZE, ORIGINAL_SIZE, IMAGE_SIZE)
+    assert geometry["scale_y"] == geometry["scale_x"] == IMAGE_SIZE / ORIGINAL_SIZE
+    n_cells = sum(int(np.unique(dataset.get(name).labels).size) - 1 for name in split["train"])
+    assert geometry["cell_area_px"]["cells"] == n_cells and geometry["cell_area_px"]["p1"] > 0
     assert saved["wall_time_s"] > 0 and "tensorflow-cpu" in saved["versions"] or "tensorflow" in saved["versions"]
     for name in ("best.weights.h5", "last.weights.h5", "last.optimizer.npz"):
         assert (out_dir / name).is_file()

@@ -129,3 +129,17 @@ def test_training_tables_come_from_the_one_run_record_layout(tmp_path):
     assert "U-Net" in times and "123.4" in times and "41.0" in times and "finished" in times
     training = page.split("<h3>Training</h3>")[1].split("</table>")[0]
     assert "Mask R-CNN (torchvision)" in training and "77.0" in training and "cpu" in training
+
+
+def test_report_shows_detections_left_out_by_the_cap(tmp_path):
+    root = fake_results(tmp_path / "run")
+    for method, dropped in (("maskrcnn", 605), ("sam_box", 0)):
+        from mscseg.layout import Layout
+
+        folder = Layout(root).evaluation(method, 11)
+        folder.mkdir(parents=True)
+        (folder / "summary.json").write_text(json.dumps({"interpolation": 11, "max_dets": 100, "n_pred": 2758,
+                                                         "n_pred_dropped_by_cap": dropped, "n_images_capped": 9 if dropped else 0}))
+    page = render_report(root)
+    assert "maskrcnn, 11-point: the cap of 100 detections per image left out 605 of 2758 detections in 9 images" in page
+    assert "sam_box, 11-point: the cap" not in page

@@ -296,3 +296,33 @@ def test_cli_runs_without_loading_a_framework(tmp_path):
     assert "FRAMEWORKS []" in result.stdout
     assert "unet: 3 images" in result.stdout
     assert (out / "table1.csv").is_file()
+
+
+def test_float16_maps_with_signed_zeros_and_values_outside_0_1():
+    rng = np.random.default_rng(3)
+    prob = rng.normal(0.5, 0.6, (50, 40)).astype(np.float16)
+    prob[rng.random(prob.shape) < 0.1] = np.float16(-0.0)
+    prob[rng.random(prob.shape) < 0.1] = np.float16(0.0)
+    truth = rng.random(prob.shape) < 0.5
+    for thresholds in (THRESHOLDS, np.array([-0.5, 0.0, 1.2, 0.3])):
+        counts = confusion_counts(prob, truth, thresholds)
+        assert all(np.array_equal(a, b) for a, b in zip(counts, naive_counts(prob, truth, thresholds)))
+
+
+def test_masks_are_read_as_booleans_without_labelling(tmp_path, monkeypatch):
+    import scipy.ndimage
+
+    from keras_semseg.sweep import load_truth
+
+    def no_labelling(*args, **kwargs):
+        raise AssertionError("the sweep must not label connected components")
+
+    monkeypatch.setattr(scipy.ndimage, "label", no_labelling)
+    mask = np.zeros((6, 7), np.uint8)
+    mask[1:3, 2:5] = 255
+    write_png(tmp_path / "m.png", mask)
+    np.testing.assert_array_equal(load_truth(tmp_path / "m.png"), mask > 0)
+    labels = np.zeros((6, 7), np.uint16)
+    labels[0, 0], labels[4:6, 4:6] = 3, 700
+    write_png(tmp_path / "l.png", labels)
+    np.testing.assert_array_equal(load_truth(tmp_path / "l.png"), labels > 0)

@@ -18,8 +18,13 @@ in image-id order), precision = TP / (TP + FP), recall = TP / number of ground-t
 cells; the precision envelope (max precision at recall >= r) is sampled at the
 recall points r and averaged:
 
-- ``--interpolation 11`` (default; the paper's convention): r = 0, 0.1, ..., 1.0,
-  11-point interpolated AP, averaged over the ten IoU thresholds.
+- ``--interpolation 11`` (default; the paper's convention): r = ``np.linspace(0, 1, 11)``,
+  11-point interpolated AP, averaged over the ten IoU thresholds, sampled as COCOeval
+  samples its own points. This equals pycocotools with ``params.recThrs =
+  np.linspace(0, 1, 11)`` (to 1e-12, tested). Those points, like the VOC devkit's
+  ``np.arange(0, 1.1, 0.1)``, are 0.30000000000000004, 0.6000000000000001 and
+  0.7000000000000001 rather than exact tenths, so where recall lands exactly on 0.3,
+  0.6 or 0.7 the point takes the precision just after it, as those tools do.
 - ``--interpolation 101``: COCO's 101 recall points 0, 0.01, ..., 1.00 sampled exactly
   as COCOeval (``np.searchsorted(recall, r, side="left")`` into the envelope; 0 past
   the highest recall reached). With ``--max-dets 100`` mAP equals COCOeval's
@@ -31,7 +36,9 @@ Detections cap (``--max-dets``): COCOeval keeps only the 100 highest-scoring
 detections per image. Dense micrographs hold 40+ cells each, and a detector run with
 a low score threshold returns several times that many candidates, so a cap of 100
 can silently drop true positives ranked below false positives; raise the cap (for
-example 300) for dense data. The cap used is written into every output.
+example 300) for dense data. The cap used is written into every output, and when it
+dropped detections, summary.json says how many (``n_pred_dropped_by_cap``) in how many
+images (``n_images_capped``) and the command prints one warning line.
 
 Per-image AP (``per_image``, ``per_image.csv``): each image's own mAP@[.50:.95] with
 the same interpolation and cap. An image with ground truth and no predictions has
@@ -68,7 +75,7 @@ from .names import INTERPOLATIONS
 
 COCO_IOU_THRESHOLDS = np.linspace(0.5, 0.95, int(np.round((0.95 - 0.5) / 0.05)) + 1, endpoint=True)
 COCO_RECALL_POINTS = np.linspace(0.0, 1.00, int(np.round((1.00 - 0.0) / 0.01)) + 1, endpoint=True)
-ELEVEN_RECALL_POINTS = np.arange(11) / 10.0
+ELEVEN_RECALL_POINTS = np.linspace(0.0, 1.0, 11)
 DEFAULT_MAX_DETS = 100
 PER_IMAGE_COLUMNS = ["image_id", "n_gt", "n_pred", "mean_score", "ap", "image"]
 TABLE_COLUMNS = [
@@ -76,7 +83,7 @@ TABLE_COLUMNS = [
     "mean_confidence", "mAP", "AP50", "AP75",
 ]
 CONVENTIONS = {
-    11: "11-point interpolated AP (recall 0, 0.1, ..., 1.0), mean over IoU 0.50:0.05:0.95, images pooled per category",
+    11: "11-point interpolated AP (recall np.linspace(0, 1, 11), as pycocotools with recThrs set to it), mean over IoU 0.50:0.05:0.95, images pooled per category",
     101: "COCO 101-point AP (COCOeval recall points and sampling), mean over IoU 0.50:0.05:0.95, images pooled per category",
 }
 
@@ -369,6 +376,7 @@ def evaluate_all(
     n_images = len(truth.images)
     n_gt = sum(not g.iscrowd for g in truth.instances)
     n_evaluated = sum(e.scores.size for e in evals.values() if e is not None)
+    n_dropped, n_images_capped = _dropped_by_cap(dets_by_key, truth.images, truth.category_ids, max_dets)
     image_aps = [row["ap"] for row in rows if not math.isnan(row["ap"])]
     all_scores = [d.score for d in detections]
     summary = {
@@ -385,6 +393,8 @@ def evaluate_all(
         "n_gt_crowd": len(truth.instances) - n_gt,
         "n_pred": len(detections),
         "n_pred_evaluated": n_evaluated,
+        "n_pred_dropped_by_cap": n_dropped,
+        "n_images_capped": n_images_capped,
         "cells_per_image": n_gt / n_images if n_images else math.nan,
         "detections_per_image": len(detections) / n_images if n_images else math.nan,
         "mean_confidence": float(np.mean(all_scores)) if all_scores else math.nan,
@@ -394,6 +404,28 @@ def evaluate_all(
         "pred": _source(results),
     }
     return Evaluation(summary, rows)
+
+
+def _dropped_by_cap(dets_by_key: Mapping[tuple[int, int], list], image_ids: Any, category_ids: Any,
+                    max_dets: int | None) -> tuple[int, int]:
+    """(detections the cap left out, images where it left any out), over the evaluated images and categories."""
+    if max_dets is None:
+        return 0, 0
+    dropped: dict[int, int] = defaultdict(int)
+    for (image_id, category_id), dets in dets_by_key.items():
+        if image_id in image_ids and category_id in category_ids and len(dets) > max_dets:
+            dropped[image_id] += len(dets) - max_dets
+    return sum(dropped.values()), len(dropped)
+
+
+def cap_warning(summary: Mapping[str, Any]) -> str:
+    """One warning line when the ``max_dets`` cap dropped detections ('' otherwise)."""
+    dropped = summary.get("n_pred_dropped_by_cap") or 0
+    if not dropped:
+        return ""
+    return (f"warning: the cap of {summary['max_dets']} detections per image left out {dropped} of {summary['n_pred']} "
+            f"detections in {summary['n_images_capped']} of {summary['n_images']} images; they were not scored "
+            "(raise --max-dets, or pass --max-dets all)")
 
 
 def _ap_at(value: float, thresholds: np.ndarray, ap_by_threshold: np.ndarray) -> float:
@@ -536,6 +568,9 @@ def build_parser() -> argparse.ArgumentParser:
 def _main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     summary = run_evaluation(args.gt, args.pred, args.out, args.interpolation, args.max_dets, args.overwrite)
+    warning = cap_warning(summary)
+    if warning:
+        print(warning, file=sys.stderr)
     cap = "no cap" if summary["max_dets"] is None else f"max {summary['max_dets']} detections/image"
     print(
         f"mAP {summary['mAP']:.4f}  AP50 {summary['AP50']:.4f}  AP75 {summary['AP75']:.4f}  "

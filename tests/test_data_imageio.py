@@ -149,8 +149,6 @@ def test_missing_codec_names_the_package(tmp_path, monkeypatch):
 
 
 def _has_imagecodecs() -> bool:
-    try:
-        import imagecodecs  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    import importlib.util
+
+    return importlib.util.find_spec("imagecodecs") is not None

@@ -669,7 +669,8 @@ def finetune_sam(
 
         write_split(write_split_to, dict(split))
     out_dir.mkdir(parents=True, exist_ok=True)
-    started = time.time()
+    started, cpu_started = time.time(), time.process_time()
+    cpu_before = float(record.details.get("cpu_time_s", 0.0))
     embeddings = None
     if settings.trainable != "all":
         key = embedding_key(settings, image_size, train_names + val_names)
@@ -694,12 +695,14 @@ def finetune_sam(
         save_resume_state(out_dir / "resume.pt", optimizer, epoch, best_epoch, best_loss, history, rng, epoch_times, wall)
         if settings.max_minutes is not None and wall > settings.max_minutes * 60 and epoch < settings.epochs:
             status = f"stopped: max_minutes {settings.max_minutes:g} reached after epoch {epoch}"
+        record.details["cpu_time_s"] = round(cpu_before + time.process_time() - cpu_started, 3)
         record.progress(epoch, best_epoch, best_loss, wall, epoch_times, "running" if status == "finished" else status)
         record.write(out_dir, history)
         if not quiet:
             print(f"epoch {epoch}: train loss {train.get('loss', float('nan')):.4f}, val loss {val.get('loss', float('nan')):.4f}")
         if status != "finished":
             break
+    record.details["cpu_time_s"] = round(cpu_before + time.process_time() - cpu_started, 3)
     record.progress(len(history), best_epoch, best_loss, wall_before + time.time() - started, epoch_times, status)
     record.write(out_dir, history)
     return record.to_dict()

@@ -361,3 +361,28 @@ def test_bad_settings_are_listed_in_one_error():
         settings.check()
     message = str(caught.value)
     assert "unknown trainable part 'encoder'" in message and "epochs must be at least 1" in message and "point_probability" in message
+
+
+# ---------------------------------------------------------------- config presets
+
+
+@pytest.mark.parametrize("preset", ["paper", "small", "tiny"])
+def test_preset_sections_make_valid_settings(preset):
+    from mscseg.config import load_config
+
+    section = load_config(preset).instance.sam_finetune
+    settings = F.FinetuneSettings(**section.finetune_settings())
+    settings.check()
+    if preset == "paper":
+        assert (settings.variant, settings.trainable, settings.focal_weight) == ("vit_h", "decoder+prompt", 20.0)
+    else:
+        assert (settings.variant, settings.checkpoint, settings.trainable, settings.focal_weight) == ("vit_tiny", "none", "decoder", 0.0)
+
+
+def test_config_checkpoint_default_means_the_released_file(tmp_path):
+    from mscseg.config import from_mapping
+
+    settings = from_mapping({"instance": {"sam_finetune": {"variant": "vit_b", "checkpoint": "default"}}})
+    assert settings.instance.sam_finetune.finetune_settings()["checkpoint"] is None
+    with pytest.raises(MscsegError, match="instance.sam_finetune.*trainable"):
+        from_mapping({"instance": {"sam_finetune": {"trainable": "encoder"}}})

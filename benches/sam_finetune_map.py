@@ -52,7 +52,6 @@ def main(argv: list[str] | None = None) -> int:
     gt = coco.dataset_to_coco(list(dataset.subset(split["val"])))
     coco.write_coco(out / "gt.json", gt)
     models = {"sam": build_for_training(settings, args.device), "sam_ft": build_sam(settings.variant, run / "best.pth", args.device)}
-    models["sam_ft"].mscseg_info.update({"fine_tuned": True})
     embeddings = None
     if settings.trainable != "all":
         names = list(split["train"]) + list(split["val"])

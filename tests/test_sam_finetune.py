@@ -201,6 +201,7 @@ def test_fine_tuned_checkpoint_loads_in_build_sam(tiny_run):
     out, _ = tiny_run
     sam = build_sam("vit_tiny", out / "best.pth", "cpu")
     assert sam.mscseg_info["untrained"] is False
+    assert sam.mscseg_info["fine_tuned"] is True and sam.mscseg_info["random_encoder"] is True
     with pytest.raises(MscsegError, match="best.pth: checkpoint is SAM vit_tiny, not vit_b"):
         build_sam("vit_b", out / "best.pth", "cpu")
 
@@ -268,6 +269,7 @@ def test_finetune_and_predict_writes_every_fine_tuned_method(tmp_path, tiny_data
     assert len(json.loads((predictions / "sam_ft_gt_box.json").read_text())) == n_instances
     meta = json.loads((predictions / "sam_ft_gt_box.meta.json").read_text())
     assert meta["prompts"] == "gt" and meta["score_source"] == "sam_iou" and meta["fine_tuned"] is True
+    assert meta["random_encoder"] is True and "random features" in meta["warning"]
     assert result.record["status"] == "finished"
 
 

@@ -43,6 +43,7 @@ GT_PROMPT_MODES = ("box", "box_point")
 SCORE_SOURCES = ("maskrcnn", "sam_iou")
 MASK_PROMPT_EPS = 1e-3
 UNTRAINED_WARNING = "SAM has RANDOM weights (--sam-checkpoint none): its masks are untrained and mean nothing"
+RANDOM_ENCODER_WARNING = "SAM was fine-tuned from RANDOM weights with its image encoder frozen: the decoder learned on random features"
 
 
 @dataclass(frozen=True)
@@ -160,8 +161,24 @@ def build_sam(variant: str = "vit_h", checkpoint: str | Path | None = None, devi
         except RuntimeError as error:
             raise InstsegError(f"{path}: checkpoint does not fit SAM {variant} ({str(error).splitlines()[0]})") from None
     sam.eval()
-    sam.mscseg_info = {"variant": variant, "checkpoint": str(path) if path is not None else "none", "untrained": path is None}
+    sam.mscseg_info = {"variant": variant, "checkpoint": str(path) if path is not None else "none", "untrained": path is None,
+                       **finetune_provenance(path)}
     return sam.to(resolve_device(device))
+
+
+def finetune_provenance(checkpoint: Path | None) -> dict[str, Any]:
+    """For a checkpoint written by ``instseg-sam-train`` (its run.json beside it): fine_tuned, the start, random_encoder."""
+    if checkpoint is None or not (checkpoint.parent / "run.json").is_file():
+        return {}
+    try:
+        record = json.loads((checkpoint.parent / "run.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(record, dict) or record.get("trainer") != "sam_finetune":
+        return {}
+    start = (record.get("settings") or {}).get("checkpoint")
+    random_encoder = str(start).strip().lower() == "none" and (record.get("settings") or {}).get("trainable") != "all"
+    return {"fine_tuned": True, "start": start, "random_encoder": random_encoder}
 
 
 # ---------------------------------------------------------------- prompts
@@ -433,6 +450,8 @@ def run_sam(
     info = dict(getattr(sam, "mscseg_info", {"variant": variant, "checkpoint": str(checkpoint), "untrained": False}))
     if info.get("untrained"):
         print(f"warning: {UNTRAINED_WARNING}", file=sys.stderr)
+    if info.get("random_encoder"):
+        print(f"warning: {RANDOM_ENCODER_WARNING}", file=sys.stderr)
 
     from tqdm.auto import tqdm
 
@@ -498,6 +517,9 @@ def run_sam(
         }
         if info.get("untrained"):
             meta["warning"] = UNTRAINED_WARNING
+        elif info.get("random_encoder"):
+            meta["warning"] = RANDOM_ENCODER_WARNING
+        meta["random_encoder"] = bool(info.get("untrained") or info.get("random_encoder"))
         if mode == "box_mask":
             meta["mask_prompt"] = sorted(mask_prompt_sources) or ["maskrcnn_probs"]
         coco.write_results(paths[mode], results[mode], meta)

@@ -763,8 +763,6 @@ def finetune_and_predict(
     record = finetune_sam(dataset, split, out_dir, settings, device=device, resume=resume, overwrite=overwrite,
                           quiet=quiet, split_path=split_path)
     sam = build_sam(settings.variant, out_dir / "best.pth", device)
-    sam.mscseg_info = {"variant": settings.variant, "checkpoint": str(out_dir / "best.pth"), "untrained": False,
-                       "fine_tuned": True, "start": settings.checkpoint}
     embeddings = None
     if settings.trainable != "all":
         image_size = int(sam.image_encoder.img_size)

@@ -184,15 +184,22 @@ def test_run_folder_holds_the_record_history_and_checkpoints(tiny_run):
     assert {"train_loss", "val_loss", "val_mask_iou", "time_s"} <= set(history.columns)
 
 
-def test_only_the_decoder_changes_when_it_alone_is_trained(tiny_run):
-    out, _ = tiny_run
-    settings = F.FinetuneSettings(**dict(FAST))
-    settings.check()
-    start = F.build_for_training(settings, "cpu").state_dict()
-    trained = torch.load(str(out / "last.pth"), weights_only=True)
+@pytest.mark.parametrize("trainable, changed", [
+    ("decoder", {"mask_decoder"}),
+    ("decoder+prompt", {"mask_decoder", "prompt_encoder"}),
+    ("all", {"image_encoder", "mask_decoder", "prompt_encoder"}),
+])
+def test_only_the_trainable_parts_change(tmp_path, tiny_data, trainable, changed):
+    dataset, split = tiny_data
+    settings = dict(FAST, trainable=trainable)
+    F.finetune_sam(dataset, split, tmp_path / "run", settings, device="cpu")
+    resolved = F.FinetuneSettings(**settings)
+    resolved.check()
+    start = F.build_for_training(resolved, "cpu").state_dict()
+    trained = torch.load(str(tmp_path / "run" / "last.pth"), weights_only=True)
     assert set(trained) == set(start)
-    changed = {name.split(".")[0] for name in start if not torch.equal(start[name], trained[name])}
-    assert changed == {"mask_decoder"}
+    assert {name.split(".")[0] for name in start if not torch.equal(start[name], trained[name])} == changed
+    assert (tmp_path / "run" / "embeddings.pt").is_file() == (trainable != "all")
 
 
 def test_fine_tuned_checkpoint_loads_in_build_sam(tiny_run):

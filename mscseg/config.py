@@ -552,9 +552,3 @@ def check_inputs(settings: Settings) -> None:
             f"{settings.source or 'config'}: instance.sam.checkpoint: {sam.checkpoint} not found; download the SAM "
             f"'{sam.variant}' checkpoint into {Path(sam.checkpoint).parent} or set 'checkpoint: none' to run SAM untrained (demo only)"
         )
-    finetune = settings.instance.sam_finetune
-    if settings.instance.enabled and finetune.enabled and finetune.checkpoint not in (None, "default") and not Path(finetune.checkpoint).exists():
-        raise RunError(
-            f"{settings.source or 'config'}: instance.sam_finetune.checkpoint: {finetune.checkpoint} not found; download the SAM "
-            f"'{finetune.variant}' checkpoint there or set 'checkpoint: none' to fine-tune from random weights (demo only)"
-        )

@@ -38,6 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--run", required=True, help="instseg-sam-train run folder")
     parser.add_argument("--out", required=True, help="folder for gt.json, the results and summary.csv")
     parser.add_argument("--maskrcnn", default=None, help="Mask R-CNN results on the same validation images (optional)")
+    parser.add_argument("--gt-modes", default="box,box_point", help="prompt modes with the ground-truth boxes")
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args(argv)
 
@@ -58,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
         image_size = int(models["sam"].image_encoder.img_size)
         embeddings = load_or_embed(models["sam"], dataset, names, run / "embeddings.pt", embedding_key(settings, image_size, names))
     rows = []
-    sources = {"gt": ("box", "box_point")}
+    sources = {"gt": tuple(mode for mode in args.gt_modes.split(",") if mode)}
     if args.maskrcnn:
         sources["maskrcnn"] = ("box", "box_point", "box_mask")
     for prefix, sam in models.items():

@@ -32,7 +32,7 @@ from typing import Any
 from keras_semseg.registry import MODELS
 from keras_semseg.sweep import METRICS as SWEEP_METRICS
 from stats.posthoc import POSTHOC_TESTS as POSTHOC_REGISTRY
-from torch_instseg.names import INTERPOLATIONS, PROMPT_MODES, SCORE_SOURCES
+from torch_instseg.names import INTERPOLATIONS, PROMPT_MODES, PROMPT_SOURCES, SCORE_SOURCES, TRAINABLE_PARTS
 from torch_instseg.sam import SAM_VARIANTS as SAM_VARIANT_REGISTRY
 
 from .errors import RunError
@@ -43,6 +43,8 @@ SEMANTIC_METRICS = SWEEP_METRICS
 SAM_MODES = PROMPT_MODES
 SAM_SCORES = SCORE_SOURCES
 SAM_VARIANTS = tuple(SAM_VARIANT_REGISTRY)
+SAM_TRAINABLE = TRAINABLE_PARTS
+SAM_PROMPT_SOURCES = PROMPT_SOURCES
 DENSITY_NAMES = ("sparse", "medium", "dense")
 POSTHOC_TESTS = tuple(POSTHOC_REGISTRY)
 
@@ -175,6 +177,68 @@ class SamConfig:
 
 
 @dataclass
+class SamFinetuneConfig:
+    """SAM fine-tuned on the training split (``torch_instseg.sam_finetune``), rows ``sam_ft_<mode>``.
+
+    trainable: ``decoder``, ``decoder+prompt`` (image encoder frozen; each embedding computed
+    once) or ``all`` (a GPU job). checkpoint: the starting weights, as ``sam.checkpoint`` (a file
+    or folder; ``default``: the released file in ``$MSCSEG_SAM_DIR``; ``none``: random weights).
+    focal_weight: null = 20 (the SAM paper's) from a checkpoint, 0 (Dice alone) from random
+    weights. prompt_sources: ``maskrcnn`` (the Mask R-CNN boxes, as the zero-shot rows) and
+    ``gt`` (ground-truth boxes: SAM's mask quality apart from detector misses).
+    """
+
+    enabled: bool = True
+    variant: str = "vit_h"
+    checkpoint: str | None = None
+    trainable: str = "decoder+prompt"
+    epochs: int = 50
+    lr: float = 0.0001
+    weight_decay: float = 0.0001
+    prompts_per_image: int = 25
+    iterations: int = 7
+    positive_points: int = 1
+    negative_points: int = 1
+    point_probability: float = 0.5
+    focal_weight: float | None = None
+    dice_weight: float = 1.0
+    seed: int = 0
+    max_minutes: float | None = None
+    modes: list[str] = field(default_factory=lambda: list(SAM_MODES))
+    prompt_sources: list[str] = field(default_factory=lambda: list(SAM_PROMPT_SOURCES))
+
+    def check(self, where: str) -> None:
+        _require(self.variant in SAM_VARIANTS, where, "variant", f"unknown SAM variant '{self.variant}'{_suggest(self.variant, SAM_VARIANTS)}; valid: {', '.join(SAM_VARIANTS)}")
+        _require(self.trainable in SAM_TRAINABLE, where, "trainable", f"must be one of {', '.join(SAM_TRAINABLE)}, got '{self.trainable}'")
+        _require(self.epochs >= 1, where, "epochs", f"must be at least 1, got {self.epochs}")
+        _require(self.lr > 0, where, "lr", f"must be positive, got {self.lr}")
+        _require(self.weight_decay >= 0, where, "weight_decay", f"must be zero or positive, got {self.weight_decay}")
+        _require(self.prompts_per_image >= 1, where, "prompts_per_image", f"must be at least 1, got {self.prompts_per_image}")
+        for key in ("iterations", "positive_points", "negative_points"):
+            _require(getattr(self, key) >= 0, where, key, f"must be zero or more, got {getattr(self, key)}")
+        _require(0.0 <= self.point_probability <= 1.0, where, "point_probability", f"must be between 0 and 1, got {self.point_probability}")
+        _require(self.focal_weight is None or self.focal_weight >= 0, where, "focal_weight", f"must be zero or positive (or null: automatic), got {self.focal_weight}")
+        _require(self.dice_weight >= 0, where, "dice_weight", f"must be zero or positive, got {self.dice_weight}")
+        _require(self.max_minutes is None or self.max_minutes > 0, where, "max_minutes", f"must be positive (or null), got {self.max_minutes}")
+        _require(len(self.modes) > 0, where, "modes", f"list at least one of {', '.join(SAM_MODES)}")
+        for mode in self.modes:
+            _require(mode in SAM_MODES, where, "modes", f"unknown prompt mode '{mode}'{_suggest(mode, SAM_MODES)}; valid: {', '.join(SAM_MODES)}")
+        for source in self.prompt_sources:
+            _require(source in SAM_PROMPT_SOURCES, where, "prompt_sources", f"unknown prompt source '{source}'; valid: {', '.join(SAM_PROMPT_SOURCES)}")
+        if self.checkpoint is not None and self.checkpoint.strip().lower() in ("none", "null", ""):
+            self.checkpoint = None
+        if self.checkpoint is not None:
+            self.checkpoint = os.path.expandvars(os.path.expanduser(self.checkpoint))
+
+    def finetune_settings(self) -> dict[str, Any]:
+        """The keyword settings of ``torch_instseg.sam_finetune.FinetuneSettings`` (checkpoint None -> 'none', 'default' -> None)."""
+        skip = ("enabled", "modes", "prompt_sources")
+        settings = {key: value for key, value in asdict(self).items() if key not in skip}
+        settings["checkpoint"] = "none" if self.checkpoint is None else (None if self.checkpoint == "default" else self.checkpoint)
+        return settings
+
+
+@dataclass
 class EvaluationConfig:
     """Instance evaluation conventions: AP interpolation (11 = the paper's, 101 = pycocotools) and detection cap per image."""
 
@@ -216,6 +280,7 @@ class InstanceConfig:
     device: str = "auto"
     seed: int = 0
     sam: SamConfig = field(default_factory=SamConfig)
+    sam_finetune: SamFinetuneConfig = field(default_factory=SamFinetuneConfig)
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     figure_images: int = 3
 
@@ -232,6 +297,7 @@ class InstanceConfig:
         _require(self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"), where, "device",
                  f"must be auto, cpu, cuda or cuda:N, got '{self.device}'")
         self.sam.check(f"{where}.sam")
+        self.sam_finetune.check(f"{where}.sam_finetune")
         self.evaluation.check(f"{where}.evaluation")
         _require(self.figure_images >= 1, where, "figure_images", f"must be at least 1, got {self.figure_images}")
 
@@ -280,6 +346,9 @@ class Settings:
             parts.append("Mask R-CNN randomly initialised (no COCO weights)")
         if self.instance.enabled and self.instance.sam.checkpoint is None:
             parts.append(f"SAM {self.instance.sam.variant} with random, untrained weights (no checkpoint)")
+        finetune = self.instance.sam_finetune
+        if self.instance.enabled and finetune.enabled and finetune.checkpoint is None:
+            parts.append(f"SAM {finetune.variant} fine-tuned from random weights (no checkpoint; its encoder gives random features)")
         return parts
 
     @property

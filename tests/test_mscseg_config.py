@@ -43,7 +43,8 @@ def test_small_is_the_default_and_untrained_is_labelled():
     assert settings.semantic.dataset.synthetic is not None and settings.instance.dataset.synthetic.density == "dense"
     assert settings.semantic.encoder_weights is None and settings.instance.weights is None
     assert settings.instance.sam.checkpoint is None
-    assert len(settings.untrained) == 3 and settings.synthetic
+    assert len(settings.untrained) == 4 and settings.synthetic
+    assert "fine-tuned from random weights" in settings.untrained[3]
 
 
 def test_unknown_key_names_the_key_and_suggests(tmp_path):

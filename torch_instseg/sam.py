@@ -22,11 +22,12 @@ torch and segment-anything are imported inside functions only.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -34,11 +35,12 @@ from data.cli import add_dataset_arguments, make_parser, open_dataset, run_cli
 from data.outputs import check_can_write
 
 from .errors import InstsegError
-from .names import PROMPT_MODES, SCORE_SOURCES, sam_method
+from .names import GT_PROMPT_MODES, PROMPT_MODES, PROMPT_SOURCES, SCORE_SOURCES, sam_method
 from .weights import SAM_CHECKPOINT_FILES, resolve_sam_checkpoint
 
 MASK_PROMPT_EPS = 1e-3
 UNTRAINED_WARNING = "SAM has RANDOM weights (--sam-checkpoint none): its masks are untrained and mean nothing"
+RANDOM_ENCODER_WARNING = "SAM was fine-tuned from RANDOM weights with its image encoder frozen: the decoder learned on random features"
 
 
 @dataclass(frozen=True)
@@ -156,8 +158,24 @@ def build_sam(variant: str = "vit_h", checkpoint: str | Path | None = None, devi
         except RuntimeError as error:
             raise InstsegError(f"{path}: checkpoint does not fit SAM {variant} ({str(error).splitlines()[0]})") from None
     sam.eval()
-    sam.mscseg_info = {"variant": variant, "checkpoint": str(path) if path is not None else "none", "untrained": path is None}
+    sam.mscseg_info = {"variant": variant, "checkpoint": str(path) if path is not None else "none", "untrained": path is None,
+                       **finetune_provenance(path)}
     return sam.to(resolve_device(device))
+
+
+def finetune_provenance(checkpoint: Path | None) -> dict[str, Any]:
+    """For a checkpoint written by ``instseg-sam-train`` (its run.json beside it): fine_tuned, the start, random_encoder."""
+    if checkpoint is None or not (checkpoint.parent / "run.json").is_file():
+        return {}
+    try:
+        record = json.loads((checkpoint.parent / "run.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(record, dict) or record.get("trainer") != "sam_finetune":
+        return {}
+    start = (record.get("settings") or {}).get("checkpoint")
+    random_encoder = str(start).strip().lower() == "none" and (record.get("settings") or {}).get("trainable") != "all"
+    return {"fine_tuned": True, "start": start, "random_encoder": random_encoder}
 
 
 # ---------------------------------------------------------------- prompts
@@ -187,6 +205,14 @@ def embed_image(sam, image: np.ndarray) -> ImageEmbedding:
     with torch.no_grad():
         features = sam.image_encoder(sam.preprocess(tensor))
     return ImageEmbedding(features, tuple(tensor.shape[-2:]), tuple(image.shape[:2]))
+
+
+def cached_embedding(sam, features, original_size: tuple[int, int]) -> ImageEmbedding:
+    """An ``ImageEmbedding`` from features computed earlier by this model's encoder for an image of ``original_size``."""
+    from segment_anything.utils.transforms import ResizeLongestSide
+
+    input_size = ResizeLongestSide.get_preprocess_shape(original_size[0], original_size[1], sam.image_encoder.img_size)
+    return ImageEmbedding(features.to(sam.device), tuple(input_size), tuple(original_size))
 
 
 def interior_points(masks: np.ndarray, boxes: np.ndarray) -> np.ndarray:
@@ -323,6 +349,22 @@ def _xywh_to_xyxy(bbox: Sequence[float]) -> list[float]:
     return [x, y, x + w, y + h]
 
 
+def _gt_as_detections(gt_obj: Mapping[str, Any]) -> list[dict]:
+    """The ground-truth annotations (not crowd) as detections: their boxes and masks prompt SAM."""
+    from . import coco
+
+    truth = coco.index_ground_truth(gt_obj)
+    detections = []
+    for instance in truth.instances:
+        if instance.iscrowd:
+            continue
+        image = truth.images[instance.image_id]
+        rle = {"size": [image.height, image.width], "counts": coco.counts_to_string(instance.counts)}
+        detections.append({"image_id": instance.image_id, "segmentation": rle, "bbox": coco.counts_to_bbox(instance.counts, image.height),
+                           "score": 1.0})
+    return detections
+
+
 def _read_probs_sidecar(maskrcnn_json: Path) -> Any:
     from .maskrcnn import probs_sidecar_path
 
@@ -351,25 +393,40 @@ def run_sam(
     batch_size: int = 64,
     quiet: bool = True,
     sam=None,
+    prompts: str = "maskrcnn",
+    method_prefix: str = "sam",
+    embeddings: Mapping[str, Any] | None = None,
 ) -> dict[str, Path]:
     """Prompt SAM with every Mask R-CNN detection of ``names``; write ``sam_<mode>.json`` (+ ``.meta.json``) per mode.
 
     The image is embedded once and shared by all modes. Images without detections get no
     results. Returns {mode: results path}. ``sam`` reuses a model already built.
+    prompts: ``maskrcnn`` (the detections in ``maskrcnn_json``) or ``gt`` (the ground-truth
+    boxes, and the ground-truth masks for ``box_point``'s point; modes ``box`` and
+    ``box_point``; masks ranked by SAM's predicted IoU): ``<prefix>_gt_<mode>.json``.
+    method_prefix: ``sam`` (zero-shot) or ``sam_ft`` (fine-tuned). embeddings: {image name:
+    1 x 256 x h x w features} already computed by this model's encoder (reused, not recomputed).
     """
     from . import coco
 
     modes = list(dict.fromkeys(modes))
+    if prompts not in PROMPT_SOURCES:
+        raise InstsegError(f"unknown prompt source '{prompts}'; valid: {', '.join(PROMPT_SOURCES)}")
+    valid_modes = PROMPT_MODES if prompts == "maskrcnn" else GT_PROMPT_MODES
     for mode in modes:
-        if mode not in PROMPT_MODES:
-            raise InstsegError(f"unknown prompt mode '{mode}'; valid modes: {', '.join(PROMPT_MODES)}")
+        if mode not in valid_modes:
+            raise InstsegError(f"unknown prompt mode '{mode}' for {prompts} prompts; valid modes: {', '.join(valid_modes)}")
     if not modes:
         raise InstsegError("no prompt mode asked for")
     if score not in SCORE_SOURCES:
         raise InstsegError(f"unknown score source '{score}'; valid: {', '.join(SCORE_SOURCES)}")
+    if prompts == "gt":
+        score = "sam_iou"
+    elif maskrcnn_json is None:
+        raise InstsegError("Mask R-CNN prompts need the Mask R-CNN results (--maskrcnn)")
     out_dir = Path(out_dir)
-    maskrcnn_json = Path(maskrcnn_json)
-    paths = {mode: out_dir / f"{sam_method(mode)}.json" for mode in modes}
+    maskrcnn_json = Path(maskrcnn_json) if prompts == "maskrcnn" else None
+    paths = {mode: out_dir / f"{sam_method(mode, method_prefix, prompts)}.json" for mode in modes}
     for path in paths.values():
         check_can_write(path, overwrite)
         check_can_write(coco.results_meta_path(path), overwrite)
@@ -379,7 +436,7 @@ def run_sam(
     if missing:
         raise InstsegError(f"{len(missing)} image(s) of the split not in the ground truth: {', '.join(missing[:10])}",
                            None if isinstance(gt, dict) else gt)
-    detections = coco.load_results(maskrcnn_json, gt_obj)
+    detections = coco.load_results(maskrcnn_json, gt_obj) if maskrcnn_json is not None else _gt_as_detections(gt_obj)
     by_image: dict[int, list[dict]] = {}
     for detection in detections:
         by_image.setdefault(int(detection["image_id"]), []).append(detection)
@@ -390,6 +447,8 @@ def run_sam(
     info = dict(getattr(sam, "mscseg_info", {"variant": variant, "checkpoint": str(checkpoint), "untrained": False}))
     if info.get("untrained"):
         print(f"warning: {UNTRAINED_WARNING}", file=sys.stderr)
+    if info.get("random_encoder"):
+        print(f"warning: {RANDOM_ENCODER_WARNING}", file=sys.stderr)
 
     from tqdm.auto import tqdm
 
@@ -414,7 +473,10 @@ def run_sam(
             stored_scores = sidecar[f"scores_{image_id}"]
             if len(stored_scores) == len(maskrcnn_scores) and np.allclose(stored_scores, maskrcnn_scores, atol=1e-6):
                 probs = sidecar[f"probs_{image_id}"].astype(np.float32) / 255.0
-        embedding = embed_image(sam, sample.image)
+        if embeddings is not None and sample.name in embeddings:
+            embedding = cached_embedding(sam, embeddings[sample.name], sample.image.shape[:2])
+        else:
+            embedding = embed_image(sam, sample.image)
         n_prompts += len(boxes)
         for mode in modes:
             if mode == "box_mask":
@@ -426,7 +488,9 @@ def run_sam(
                 for index in np.flatnonzero(~kept):
                     skipped.append({"image": sample.name, "detection": int(index), "box_xyxy": boxes[index].tolist(), "reason": "empty after clipping to the image"})
             ranking = maskrcnn_scores if score == "maskrcnn" else ious.astype(np.float64)
-            extra = {"maskrcnn_score": maskrcnn_scores[kept], "sam_iou": ious[kept].astype(np.float64)}
+            extra = {"sam_iou": ious[kept].astype(np.float64)}
+            if prompts == "maskrcnn":
+                extra["maskrcnn_score"] = maskrcnn_scores[kept]
             image_results = coco.instances_to_results(image_id, masks[kept], ranking[kept], None, extra)
             for result in image_results:
                 result["score_source"] = score
@@ -438,17 +502,21 @@ def run_sam(
 
     for mode in modes:
         meta = {
-            "method": sam_method(mode), "prompt_mode": mode, "score_source": score,
+            "method": paths[mode].stem, "prompt_mode": mode, "prompts": prompts, "score_source": score,
             "score_source_meaning": "Mask R-CNN box score" if score == "maskrcnn" else "SAM predicted IoU of the kept mask",
             "variant": info.get("variant", variant), "checkpoint": info.get("checkpoint"), "untrained": bool(info.get("untrained")),
+            "fine_tuned": bool(info.get("fine_tuned")),
             "multimask_output": True, "kept_mask": "highest predicted IoU of the 3", "batch_size": batch_size,
-            "maskrcnn_results": str(maskrcnn_json), "n_images": len(names), "n_prompts": n_prompts,
+            "maskrcnn_results": str(maskrcnn_json) if maskrcnn_json is not None else None, "n_images": len(names), "n_prompts": n_prompts,
             "n_results": len(results[mode]), "n_empty_masks": empty_masks[mode],
             "images_without_detections": no_detections, "skipped_boxes": skipped,
             "time_s_all_modes": round(elapsed, 3), "versions": _versions(),
         }
         if info.get("untrained"):
             meta["warning"] = UNTRAINED_WARNING
+        elif info.get("random_encoder"):
+            meta["warning"] = RANDOM_ENCODER_WARNING
+        meta["random_encoder"] = bool(info.get("untrained") or info.get("random_encoder"))
         if mode == "box_mask":
             meta["mask_prompt"] = sorted(mask_prompt_sources) or ["maskrcnn_probs"]
         coco.write_results(paths[mode], results[mode], meta)
@@ -461,12 +529,19 @@ def build_parser() -> argparse.ArgumentParser:
     parser = make_parser("instseg-sam", description="Prompt SAM with the Mask R-CNN detections (box, box+point, box+mask).")
     add_dataset_arguments(parser)
     parser.add_argument("--split", required=True, help="split JSON; its validation images are used")
-    parser.add_argument("--maskrcnn", required=True, help="Mask R-CNN COCO results (maskrcnn.json)")
+    parser.add_argument("--prompts", default="maskrcnn", choices=PROMPT_SOURCES,
+                        help="maskrcnn: the Mask R-CNN detections (the paper); gt: the ground-truth boxes, to judge SAM's masks "
+                             "apart from the detector's misses (writes sam_gt_<mode>.json)")
+    parser.add_argument("--maskrcnn", default=None, help="Mask R-CNN COCO results (maskrcnn.json); needed for --prompts maskrcnn")
     parser.add_argument("--gt", default=None, help="ground-truth COCO JSON (default: gt.json beside --maskrcnn)")
-    parser.add_argument("--out", default=None, help="output folder (default: the folder of --maskrcnn)")
+    parser.add_argument("--out", default=None, help="output folder (default: the folder of --maskrcnn, else of --gt)")
     parser.add_argument("--variant", default="vit_h", choices=sorted(SAM_VARIANTS))
-    parser.add_argument("--sam-checkpoint", default=None, help="checkpoint file or folder; 'none' = random weights (untrained)")
-    parser.add_argument("--modes", default=",".join(PROMPT_MODES), help=f"comma-separated prompt modes ({', '.join(PROMPT_MODES)})")
+    parser.add_argument("--sam-checkpoint", "--checkpoint", dest="sam_checkpoint", default=None,
+                        help="checkpoint file or folder (a released one or one from instseg-sam-train); 'none' = random weights (untrained)")
+    parser.add_argument("--method-prefix", default="sam", choices=("sam", "sam_ft"),
+                        help="output name prefix: sam (zero-shot) or sam_ft (a fine-tuned checkpoint)")
+    parser.add_argument("--modes", default=None, help=f"comma-separated prompt modes ({', '.join(PROMPT_MODES)}; "
+                                                      f"gt prompts: {', '.join(GT_PROMPT_MODES)}); default: all of them")
     parser.add_argument("--score", default="maskrcnn", choices=SCORE_SOURCES, help="score that ranks SAM masks")
     parser.add_argument("--batch-size", type=int, default=64, help="prompts per decoder call")
     parser.add_argument("--device", default=None)
@@ -481,14 +556,25 @@ def _main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     dataset = open_dataset(args)
     split = read_split(args.split, dataset.names)
-    maskrcnn_json = Path(args.maskrcnn)
-    gt_path = Path(args.gt) if args.gt else maskrcnn_json.with_name("gt.json")
+    if args.prompts == "maskrcnn" and not args.maskrcnn:
+        raise InstsegError("--prompts maskrcnn needs --maskrcnn (the Mask R-CNN results); or use --prompts gt with --gt")
+    maskrcnn_json = Path(args.maskrcnn) if args.maskrcnn else None
+    if args.gt:
+        gt_path = Path(args.gt)
+    elif maskrcnn_json is not None:
+        gt_path = maskrcnn_json.with_name("gt.json")
+    else:
+        raise InstsegError("--prompts gt needs --gt (the ground-truth COCO JSON)")
     if not gt_path.is_file():
         raise InstsegError("ground truth not found; pass --gt", gt_path)
+    default_modes = PROMPT_MODES if args.prompts == "maskrcnn" else GT_PROMPT_MODES
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()] if args.modes else list(default_modes)
+    out_dir = Path(args.out) if args.out else (maskrcnn_json.parent if maskrcnn_json is not None else gt_path.parent)
     paths = run_sam(
-        dataset, split["val"], maskrcnn_json, gt_path, Path(args.out) if args.out else maskrcnn_json.parent,
-        variant=args.variant, checkpoint=args.sam_checkpoint, modes=[m.strip() for m in args.modes.split(",") if m.strip()],
+        dataset, split["val"], maskrcnn_json if args.prompts == "maskrcnn" else None, gt_path, out_dir,
+        variant=args.variant, checkpoint=args.sam_checkpoint, modes=modes,
         score=args.score, device=args.device, overwrite=args.overwrite, batch_size=args.batch_size, quiet=args.quiet,
+        prompts=args.prompts, method_prefix=args.method_prefix,
     )
     if not args.quiet:
         for mode, path in paths.items():

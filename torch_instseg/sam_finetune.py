@@ -1,0 +1,865 @@
+"""Fine-tune SAM on instance annotations: prompt sampling, embedding cache, loss, trainer.
+
+The recipe follows the SAM paper's interactive training and micro-sam's trainer, sized for
+a CPU by default:
+
+- Each step takes one training image and up to ``prompts_per_image`` of its instances.
+  The first round prompts each instance with its box, jittered as a detector's box is
+  (each coordinate moved by Gaussian noise of 10% of the box side, at most 20 pixels at
+  SAM's 1024 input; the paper's noise), and, with probability ``point_probability``,
+  ``positive_points`` points drawn inside the instance and ``negative_points`` drawn
+  inside its box but outside it. The decoder answers with its three masks.
+- ``iterations`` correction rounds follow: one point drawn uniformly from the error
+  region of the previous mask (positive in the missed part, negative in the extra part,
+  whichever is larger) is added to the prompts, and the previous mask's low-res logits
+  are the mask prompt; the decoder answers with one mask.
+- Loss (SAM paper): 20 x focal + 1 x Dice on the masks (for the three-mask first round,
+  only the mask with the smallest loss counts), plus the mean squared error between the
+  predicted IoU and the IoU of each predicted mask with the instance. It is computed on
+  the decoder's low-res grid (a quarter of SAM's input side; 256 x 256 for the released
+  models), against the instance masks averaged onto that grid (>= 0.5 is foreground).
+  From random weights the focal term drives the decoder to predict background everywhere
+  (measured: mask IoU 0 after 150 steps, while Dice alone reaches 0.44), so the focal
+  weight defaults to 0 there (Dice alone, as micro-sam's trainer) and to 20 from a checkpoint.
+- ``trainable``: ``decoder`` (mask decoder), ``decoder+prompt`` (and the prompt encoder):
+  the image encoder is frozen, so each image's embedding is computed once and cached
+  (``embeddings.pt`` in the run folder, reused on resume) and a step costs the decoder
+  alone; ``all``: the image encoder is trained too (a GPU job; the embedding is computed
+  every step). No augmentation: a cached embedding fixes the image.
+- AdamW at a constant learning rate; validation loss every epoch with prompts drawn from a
+  fixed seed, so epochs compare; ``best.pth`` (lowest validation loss) and ``last.pth``
+  are plain SAM state dicts (``build_sam`` and ``segment_anything.sam_model_registry``
+  load them); ``resume.pt`` holds the optimizer state, the epoch and the random state.
+
+torch and segment-anything are imported inside functions only.
+"""
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from data.errors import DatasetError
+from data.outputs import check_can_write
+
+from .errors import InstsegError
+from .names import TRAINABLE_PARTS
+
+TRAINER = "sam_finetune"
+RUN_FILES = ("run.json", "history.csv", "best.pth", "last.pth", "resume.pt", "embeddings.pt")
+FOCAL_WEIGHT = 20.0
+DICE_WEIGHT = 1.0
+FOCAL_ALPHA = 0.25
+FOCAL_GAMMA = 2.0
+BOX_NOISE_FRACTION = 0.1
+BOX_NOISE_MAX_PX_AT_1024 = 20.0
+LOWRES_STRIDE = 4
+PAD_LABEL = -1
+RESUME_MUST_MATCH = (
+    "variant", "checkpoint", "trainable", "lr", "weight_decay", "prompts_per_image", "iterations",
+    "positive_points", "negative_points", "point_probability", "focal_weight", "dice_weight", "seed",
+)
+
+
+@dataclass
+class FinetuneSettings:
+    """Settings of one SAM fine-tuning run (every one is written into run.json)."""
+
+    variant: str = "vit_tiny"
+    checkpoint: str | None = "none"
+    trainable: str = "decoder"
+    epochs: int = 10
+    lr: float = 1e-4
+    weight_decay: float = 1e-4
+    prompts_per_image: int = 16
+    iterations: int = 3
+    positive_points: int = 1
+    negative_points: int = 1
+    point_probability: float = 0.5
+    focal_weight: float | None = None
+    dice_weight: float = DICE_WEIGHT
+    seed: int = 0
+    max_minutes: float | None = None
+
+    def check(self) -> None:
+        """Raise ``InstsegError`` listing every bad setting; resolve ``focal_weight`` None (auto)."""
+        from .sam import SAM_VARIANTS
+
+        if self.checkpoint is None and self.variant in SAM_VARIANTS and SAM_VARIANTS[self.variant].checkpoint_file is None:
+            self.checkpoint = "none"
+        if self.focal_weight is None:
+            self.focal_weight = 0.0 if starts_untrained(self.checkpoint) else FOCAL_WEIGHT
+        problems = []
+        if self.variant not in SAM_VARIANTS:
+            problems.append(f"unknown SAM variant '{self.variant}'; valid: {', '.join(SAM_VARIANTS)}")
+        if self.trainable not in TRAINABLE_PARTS:
+            problems.append(f"unknown trainable part '{self.trainable}'; valid: {', '.join(TRAINABLE_PARTS)}")
+        for name in ("epochs", "prompts_per_image"):
+            if getattr(self, name) < 1:
+                problems.append(f"{name} must be at least 1, got {getattr(self, name)}")
+        for name in ("iterations", "positive_points", "negative_points"):
+            if getattr(self, name) < 0:
+                problems.append(f"{name} must be zero or more, got {getattr(self, name)}")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            problems.append(f"lr must be a positive number, got {self.lr}")
+        if not (self.weight_decay >= 0 and math.isfinite(self.weight_decay)):
+            problems.append(f"weight_decay must be zero or positive, got {self.weight_decay}")
+        for name in ("focal_weight", "dice_weight"):
+            if not (getattr(self, name) >= 0 and math.isfinite(getattr(self, name))):
+                problems.append(f"{name} must be zero or positive, got {getattr(self, name)}")
+        if self.focal_weight == 0 and self.dice_weight == 0:
+            problems.append("focal_weight and dice_weight are both 0: the masks would not be trained")
+        if not 0.0 <= self.point_probability <= 1.0:
+            problems.append(f"point_probability must be between 0 and 1, got {self.point_probability}")
+        if self.max_minutes is not None and not self.max_minutes > 0:
+            problems.append(f"max_minutes must be positive, got {self.max_minutes}")
+        if problems:
+            raise InstsegError("; ".join(problems))
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def starts_untrained(checkpoint: str | None) -> bool:
+    """True when fine-tuning starts from random weights (``checkpoint`` 'none'; None is the released file)."""
+    return checkpoint is not None and str(checkpoint).strip().lower() == "none"
+
+
+# ---------------------------------------------------------------- prompt sampling (numpy)
+
+def jitter_boxes(boxes: np.ndarray, rng: np.random.Generator, frame: tuple[int, int],
+                 fraction: float = BOX_NOISE_FRACTION, max_shift: float = 20.0) -> np.ndarray:
+    """N x 4 xyxy boxes with each coordinate moved by N(0, (fraction x box side)^2), cut at +-max_shift.
+
+    frame: (height, width) the boxes must stay inside. A box that would collapse keeps its
+    original coordinates. Returns N x 4 float32.
+    """
+    boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
+    widths, heights = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
+    sides = np.stack([widths, heights, widths, heights], axis=1)
+    noise = np.clip(rng.normal(size=boxes.shape) * fraction * sides, -max_shift, max_shift)
+    jittered = boxes + noise
+    jittered[:, [0, 2]] = np.clip(jittered[:, [0, 2]], 0, frame[1])
+    jittered[:, [1, 3]] = np.clip(jittered[:, [1, 3]], 0, frame[0])
+    collapsed = (jittered[:, 2] <= jittered[:, 0]) | (jittered[:, 3] <= jittered[:, 1])
+    jittered[collapsed] = boxes[collapsed]
+    return jittered.astype(np.float32)
+
+
+def _pick(mask: np.ndarray, count: int, rng: np.random.Generator) -> np.ndarray:
+    """``count`` (row, col) pixels of a 2-D bool mask drawn uniformly with replacement; fewer when empty."""
+    rows, cols = np.nonzero(mask)
+    if rows.size == 0 or count == 0:
+        return np.zeros((0, 2), np.int64)
+    chosen = rng.integers(0, rows.size, size=count)
+    return np.stack([rows[chosen], cols[chosen]], axis=1)
+
+
+def sample_points(masks: np.ndarray, boxes: np.ndarray, n_positive: int, n_negative: int,
+                  rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Positive points inside each mask and negative points inside its box but outside it.
+
+    masks: N x h x w bool on the grid the points are drawn on; boxes: N x 4 xyxy in pixel-edge
+    coordinates of that grid. Returns (N x P x 2 (row, col) int64, N x P labels: 1 positive,
+    0 negative, -1 padding where a mask or its surround is empty), P = n_positive + n_negative.
+    """
+    masks = np.asarray(masks, bool)
+    total = n_positive + n_negative
+    pixels = np.zeros((len(masks), total, 2), np.int64)
+    labels = np.full((len(masks), total), PAD_LABEL, np.int64)
+    for k, mask in enumerate(masks):
+        x0, y0, x1, y1 = boxes[k]
+        inside_box = np.zeros_like(mask)
+        inside_box[max(int(np.floor(y0)), 0):int(np.ceil(y1)), max(int(np.floor(x0)), 0):int(np.ceil(x1))] = True
+        positive = _pick(mask, n_positive, rng)
+        negative = _pick(inside_box & ~mask, n_negative, rng)
+        pixels[k, :len(positive)] = positive
+        labels[k, :len(positive)] = 1
+        pixels[k, n_positive:n_positive + len(negative)] = negative
+        labels[k, n_positive:n_positive + len(negative)] = 0
+    return pixels, labels
+
+
+def correction_points(predicted: np.ndarray, target: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """One point per prompt from the error region of its previous mask (SAM's interactive training).
+
+    predicted, target: N x h x w bool. Positive (1) in the missed part when it is at least as
+    large as the extra part, negative (0) in the extra part otherwise; padding (-1) when the
+    mask is exact. Returns (N x 2 (row, col) int64, N labels).
+    """
+    predicted = np.asarray(predicted, bool)
+    target = np.asarray(target, bool)
+    pixels = np.zeros((len(target), 2), np.int64)
+    labels = np.full(len(target), PAD_LABEL, np.int64)
+    for k in range(len(target)):
+        missed = target[k] & ~predicted[k]
+        extra = predicted[k] & ~target[k]
+        n_missed, n_extra = int(missed.sum()), int(extra.sum())
+        if n_missed == 0 and n_extra == 0:
+            continue
+        positive = n_missed >= n_extra
+        pixels[k] = _pick(missed if positive else extra, 1, rng)[0]
+        labels[k] = 1 if positive else 0
+    return pixels, labels
+
+
+def grid_to_input(pixels: np.ndarray, stride: int = LOWRES_STRIDE) -> np.ndarray:
+    """(row, col) cells of the low-res grid -> (x, y) SAM input coordinates of the cell centres (... x 2 float32)."""
+    pixels = np.asarray(pixels, np.float64)
+    centre = (stride - 1) / 2.0
+    return np.stack([pixels[..., 1] * stride + centre, pixels[..., 0] * stride + centre], axis=-1).astype(np.float32)
+
+
+# ---------------------------------------------------------------- losses (torch)
+
+def focal_loss(logits, targets, alpha: float = FOCAL_ALPHA, gamma: float = FOCAL_GAMMA):
+    """Sigmoid focal loss (Lin et al.) averaged over the pixels of each mask: ... x h x w -> ...."""
+    import torch.nn.functional as F
+
+    targets = targets.to(logits.dtype)
+    probs = logits.sigmoid()
+    cross_entropy = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
+    p_true = probs * targets + (1 - probs) * (1 - targets)
+    alpha_true = alpha * targets + (1 - alpha) * (1 - targets)
+    return (alpha_true * cross_entropy * (1 - p_true) ** gamma).mean(dim=(-2, -1))
+
+
+def dice_loss(logits, targets, smooth: float = 1.0):
+    """1 - (2 |p t| + smooth) / (|p| + |t| + smooth) per mask, p = sigmoid(logits): ... x h x w -> ...."""
+    targets = targets.to(logits.dtype)
+    probs = logits.sigmoid()
+    overlap = (probs * targets).sum(dim=(-2, -1))
+    return 1 - (2 * overlap + smooth) / (probs.sum(dim=(-2, -1)) + targets.sum(dim=(-2, -1)) + smooth)
+
+
+def mask_iou(logits, targets):
+    """IoU of (logits > 0) with each target mask: ... x h x w -> ... (1 where both are empty)."""
+    predicted = logits > 0
+    targets = targets.bool()
+    intersection = (predicted & targets).sum(dim=(-2, -1)).float()
+    union = (predicted | targets).sum(dim=(-2, -1)).float()
+    return (intersection / union.clamp(min=1)).where(union > 0, union.new_ones(()))
+
+
+def sam_loss(low_res, predicted_iou, targets, focal_weight: float = FOCAL_WEIGHT,
+             dice_weight: float = DICE_WEIGHT) -> tuple[Any, dict[str, Any], Any]:
+    """SAM's loss for B prompts with K masks each (low_res B x K x h x w, predicted_iou B x K, targets B x h x w).
+
+    Returns (loss, components {focal, dice, iou_mse, mask_iou} as detached scalars, index of
+    the mask kept per prompt (B)). Only the mask with the smallest focal+Dice loss counts;
+    the IoU head is fitted on every mask.
+    """
+    import torch
+
+    expanded = targets[:, None].expand_as(low_res)
+    focal = focal_loss(low_res, expanded)
+    dice = dice_loss(low_res, expanded)
+    per_mask = focal_weight * focal + dice_weight * dice
+    best = per_mask.detach().argmin(dim=1)
+    rows = torch.arange(len(best), device=low_res.device)
+    true_iou = mask_iou(low_res.detach(), expanded)
+    iou_mse = ((predicted_iou - true_iou) ** 2).mean()
+    loss = per_mask[rows, best].mean() + iou_mse
+    parts = {"focal": focal[rows, best].mean().detach(), "dice": dice[rows, best].mean().detach(),
+             "iou_mse": iou_mse.detach(), "mask_iou": true_iou[rows, best].mean()}
+    return loss, parts, best
+
+
+# ---------------------------------------------------------------- data on SAM's grid
+
+@dataclass
+class TrainingImage:
+    """One image ready for SAM: instances on the low-res grid and boxes in the input frame.
+
+    boxes: N x 4 xyxy in SAM input pixels; targets: N x g x g bool (g = input side / 4);
+    pixels: the resized uint8 image 3 x h x w (kept only when the encoder is trained);
+    source: the file the image came from.
+    """
+
+    name: str
+    source: str
+    input_size: tuple[int, int]
+    boxes: np.ndarray
+    targets: np.ndarray
+    pixels: Any = None
+
+
+def instance_masks(labels: np.ndarray) -> np.ndarray:
+    """N x H x W bool masks of an H x W label image, instances in increasing label order."""
+    ids = np.unique(labels)
+    ids = ids[ids > 0]
+    return labels[None] == ids[:, None, None]
+
+
+def prepare_image(sample, image_size: int, keep_pixels: bool = False) -> TrainingImage:
+    """Resize a sample to SAM's input frame (longest side ``image_size``) and its instances to the low-res grid."""
+    import torch
+    import torch.nn.functional as F
+    from segment_anything.utils.transforms import ResizeLongestSide
+
+    from .maskrcnn import masks_to_boxes
+
+    height, width = sample.labels.shape
+    new_h, new_w = ResizeLongestSide.get_preprocess_shape(height, width, image_size)
+    grid = image_size // LOWRES_STRIDE
+    masks = instance_masks(sample.labels)
+    scale = image_size / max(height, width)
+    boxes = masks_to_boxes(masks).astype(np.float32) * scale if len(masks) else np.zeros((0, 4), np.float32)
+    targets = np.zeros((len(masks), grid, grid), bool)
+    if len(masks):
+        cells = (max(1, round(new_h / LOWRES_STRIDE)), max(1, round(new_w / LOWRES_STRIDE)))
+        averaged = F.interpolate(torch.from_numpy(masks[:, None].astype(np.float32)), size=cells, mode="area")[:, 0]
+        targets[:, :cells[0], :cells[1]] = averaged.numpy() >= 0.5
+    pixels = None
+    if keep_pixels:
+        resized = ResizeLongestSide(image_size).apply_image(np.round(np.clip(sample.image, 0, 1) * 255).astype(np.uint8))
+        pixels = torch.as_tensor(resized).permute(2, 0, 1).contiguous()
+    keep = targets.any(axis=(1, 2))
+    return TrainingImage(sample.name, sample.source, (new_h, new_w), boxes[keep], targets[keep], pixels)
+
+
+def check_training_data(dataset, names: Sequence[str], image_size: int, role: str) -> None:
+    """Refuse an image smaller than SAM's mask prompt grid or a split part without instances."""
+    prompt_size = image_size // LOWRES_STRIDE
+    n_instances = 0
+    for sample in dataset.subset(list(names)):
+        height, width = sample.labels.shape
+        if min(height, width) < prompt_size:
+            raise DatasetError(f"image is {width}x{height}, smaller than SAM's mask prompt size {prompt_size}x{prompt_size} "
+                               f"for input {image_size}; use larger images or a smaller SAM input", sample.source)
+        n_instances += int((np.unique(sample.labels) > 0).sum())
+    if n_instances == 0:
+        raise DatasetError(f"the {role} images ({len(names)}) hold no instances; SAM fine-tuning needs instance masks", dataset.root)
+
+
+# ---------------------------------------------------------------- model, parts, embeddings
+
+def set_trainable(sam, trainable: str) -> list:
+    """Freeze SAM except the parts named by ``trainable``; return the parameters to optimise."""
+    if trainable not in TRAINABLE_PARTS:
+        raise InstsegError(f"unknown trainable part '{trainable}'; valid: {', '.join(TRAINABLE_PARTS)}")
+    parts = {"decoder": [sam.mask_decoder], "decoder+prompt": [sam.mask_decoder, sam.prompt_encoder], "all": [sam]}[trainable]
+    for parameter in sam.parameters():
+        parameter.requires_grad_(False)
+    chosen = []
+    for module in parts:
+        for parameter in module.parameters():
+            parameter.requires_grad_(True)
+            chosen.append(parameter)
+    return list({id(p): p for p in chosen}.values())
+
+
+def compute_embedding(sam, pixels):
+    """SAM image embedding (1 x 256 x h/16 x w/16) of a 3 x h x w uint8 tensor in the input frame."""
+    return sam.image_encoder(sam.preprocess(pixels[None].to(sam.device).float()))
+
+
+def embed_all(sam, dataset, names: Sequence[str], quiet: bool = True) -> dict[str, Any]:
+    """{name: 1 x 256 x h x w embedding} of each image, computed once without gradients."""
+    import torch
+    from tqdm.auto import tqdm
+
+    from .sam import embed_image
+
+    embeddings = {}
+    was_training = sam.training
+    sam.eval()
+    with torch.no_grad():
+        for sample in tqdm(dataset.subset(list(names)), total=len(names), desc="embed", disable=quiet):
+            embeddings[sample.name] = embed_image(sam, sample.image).features.cpu()
+    sam.train(was_training)
+    return embeddings
+
+
+def embedding_key(settings: FinetuneSettings, image_size: int, names: Sequence[str]) -> dict[str, Any]:
+    """What a cached embedding depends on (the frozen encoder's source and the images)."""
+    return {"variant": settings.variant, "checkpoint": settings.checkpoint, "seed": settings.seed,
+            "image_size": image_size, "names": sorted(names)}
+
+
+def load_or_embed(sam, dataset, names: Sequence[str], cache_path: Path | None, key: dict, quiet: bool = True) -> dict[str, Any]:
+    """Embeddings from ``cache_path`` when its key matches, else computed (and saved there when a path is given)."""
+    import torch
+
+    if cache_path is not None and cache_path.is_file():
+        try:
+            cached = torch.load(str(cache_path), map_location="cpu", weights_only=True)
+        except Exception:  # noqa: BLE001 - a broken cache is recomputed
+            cached = None
+        if isinstance(cached, dict) and cached.get("key") == key:
+            return cached["embeddings"]
+    embeddings = embed_all(sam, dataset, names, quiet)
+    if cache_path is not None:
+        _atomic_torch_save({"key": key, "embeddings": embeddings}, cache_path)
+    return embeddings
+
+
+def _atomic_torch_save(obj: Any, path: Path) -> None:
+    import torch
+
+    partial = path.with_name(path.name + ".partial")
+    torch.save(obj, str(partial))
+    os.replace(partial, path)
+
+
+# ---------------------------------------------------------------- one step
+
+def _input_points(pixels: np.ndarray, labels: np.ndarray, device):
+    import torch
+
+    return (torch.as_tensor(grid_to_input(pixels), device=device), torch.as_tensor(labels, device=device))
+
+
+def prompt_rounds(sam, embedding, image: TrainingImage, chosen: np.ndarray, settings: FinetuneSettings,
+                  rng: np.random.Generator) -> tuple[Any, dict[str, float]]:
+    """Loss of one image's prompts over the first round and ``settings.iterations`` correction rounds.
+
+    chosen: indices of the instances prompted. Returns (mean loss over rounds, mean components
+    as floats; ``mask_iou`` is that of the first round).
+    """
+    import torch
+
+    device = sam.device
+    targets_np = image.targets[chosen]
+    targets = torch.as_tensor(targets_np, device=device)
+    max_shift = BOX_NOISE_MAX_PX_AT_1024 * sam.image_encoder.img_size / 1024.0
+    boxes = jitter_boxes(image.boxes[chosen], rng, image.input_size, max_shift=max_shift)
+    box_tensor = torch.as_tensor(boxes, device=device)
+    points = None
+    if rng.random() < settings.point_probability and settings.positive_points + settings.negative_points > 0:
+        grid_boxes = boxes / LOWRES_STRIDE
+        pixels, labels = sample_points(targets_np, grid_boxes, settings.positive_points, settings.negative_points, rng)
+        points = _input_points(pixels, labels, device)
+    image_pe = sam.prompt_encoder.get_dense_pe()
+    total = None
+    sums: dict[str, float] = {}
+    previous = None
+    for round_index in range(settings.iterations + 1):
+        sparse, dense = sam.prompt_encoder(points=points, boxes=box_tensor, masks=previous)
+        low_res, predicted_iou = sam.mask_decoder(
+            image_embeddings=embedding, image_pe=image_pe, sparse_prompt_embeddings=sparse,
+            dense_prompt_embeddings=dense, multimask_output=round_index == 0,
+        )
+        loss, parts, best = sam_loss(low_res, predicted_iou, targets, settings.focal_weight, settings.dice_weight)
+        total = loss if total is None else total + loss
+        for name, value in parts.items():
+            if name != "mask_iou" or round_index == 0:
+                sums[name] = sums.get(name, 0.0) + float(value)
+        rows = torch.arange(len(best), device=device)
+        previous = low_res[rows, best][:, None].detach()
+        if round_index == settings.iterations:
+            break
+        new_pixels, new_labels = correction_points((previous[:, 0] > 0).cpu().numpy(), targets_np, rng)
+        new_points = _input_points(new_pixels[:, None], new_labels[:, None], device)
+        points = new_points if points is None else (torch.cat([points[0], new_points[0]], 1), torch.cat([points[1], new_points[1]], 1))
+    rounds = settings.iterations + 1
+    components = {name: value / (1 if name == "mask_iou" else rounds) for name, value in sums.items()}
+    components["loss"] = float(total.detach()) / rounds
+    return total / rounds, components
+
+
+def choose_prompts(image: TrainingImage, count: int, rng: np.random.Generator) -> np.ndarray:
+    """Indices of up to ``count`` instances drawn without replacement."""
+    n = len(image.targets)
+    return np.sort(rng.choice(n, size=min(count, n), replace=False)) if n else np.zeros(0, np.int64)
+
+
+def image_embedding(sam, image: TrainingImage, embeddings: Mapping[str, Any] | None):
+    """The cached embedding of ``image``, or one computed now (with gradients when the encoder trains)."""
+    if embeddings is not None:
+        return embeddings[image.name].to(sam.device)
+    return compute_embedding(sam, image.pixels)
+
+
+# ---------------------------------------------------------------- epochs
+
+def _mean_rows(rows: list[dict[str, float]]) -> dict[str, float]:
+    if not rows:
+        return {}
+    return {name: float(np.mean([row[name] for row in rows if name in row])) for name in rows[0]}
+
+
+def train_one_epoch(sam, images: Sequence[TrainingImage], optimizer, settings: FinetuneSettings,
+                    rng: np.random.Generator, embeddings: Mapping[str, Any] | None, progress=None) -> dict[str, float]:
+    """One pass over the training images in random order, one optimizer step per image; mean components."""
+    sam.train()
+    if settings.trainable != "all":
+        sam.image_encoder.eval()
+    rows = []
+    for position in rng.permutation(len(images)):
+        image = images[position]
+        chosen = choose_prompts(image, settings.prompts_per_image, rng)
+        if chosen.size == 0:
+            continue
+        embedding = image_embedding(sam, image, embeddings)
+        loss, components = prompt_rounds(sam, embedding, image, chosen, settings, rng)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        rows.append(components)
+        if progress is not None:
+            progress.update(1)
+            progress.set_postfix(loss=f"{components['loss']:.4f}")
+    return _mean_rows(rows)
+
+
+def evaluate_loss(sam, images: Sequence[TrainingImage], settings: FinetuneSettings, seed: int,
+                  embeddings: Mapping[str, Any] | None) -> dict[str, float]:
+    """Mean loss components on ``images`` with prompts drawn from ``seed`` (the same every epoch), no gradients."""
+    import torch
+
+    sam.eval()
+    rng = np.random.default_rng(seed)
+    rows = []
+    with torch.no_grad():
+        for image in images:
+            chosen = choose_prompts(image, settings.prompts_per_image, rng)
+            if chosen.size == 0:
+                continue
+            _, components = prompt_rounds(sam, image_embedding(sam, image, embeddings), image, chosen, settings, rng)
+            rows.append(components)
+    return _mean_rows(rows)
+
+
+# ---------------------------------------------------------------- checkpoints and run folder
+
+def save_sam_state(sam, path: str | Path) -> Path:
+    """Write SAM's state dict (the layout of the released checkpoints), atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _atomic_torch_save({name: tensor.detach().cpu() for name, tensor in sam.state_dict().items()}, path)
+    return path
+
+
+def save_resume_state(path: Path, optimizer, epoch: int, best_epoch: int, best_loss: float,
+                      history: list[dict], rng: np.random.Generator, epoch_times: list[float], wall_time_s: float) -> None:
+    _atomic_torch_save({
+        "optimizer": optimizer.state_dict(), "epoch": epoch, "best_epoch": best_epoch, "best_loss": best_loss,
+        "history": history, "rng": rng.bit_generator.state, "epoch_times": epoch_times, "wall_time_s": wall_time_s,
+    }, path)
+
+
+def load_resume_state(path: Path) -> dict:
+    import torch
+
+    if not path.is_file():
+        raise InstsegError("cannot resume: resume.pt missing (the run never finished an epoch); start over with --overwrite", path)
+    try:
+        return torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as error:  # noqa: BLE001 - unreadable file is bad input
+        raise InstsegError(f"cannot read the resume state ({type(error).__name__}: {error})", path) from None
+
+
+def _split_record(split: Mapping[str, Any], split_path: str | Path | None) -> dict[str, Any]:
+    record = {"train": list(split["train"]), "val": list(split["val"])}
+    if split_path is not None:
+        record["path"] = str(split_path)
+    return record
+
+
+def check_run_folder(out_dir: Path, settings: FinetuneSettings, split: Mapping[str, Any], resume: bool, overwrite: bool):
+    """The previous run record when resuming (checked against the settings), else None after checking nothing is in the way."""
+    from data.run_record import check_resume, read_record
+
+    if resume:
+        previous = read_record(out_dir)
+        if previous.trainer != TRAINER:
+            raise InstsegError(f"cannot resume: this run folder holds a '{previous.trainer}' run, not SAM fine-tuning", out_dir / "run.json")
+        check_resume(previous, settings.to_dict(), RESUME_MUST_MATCH, split, out_dir / "run.json")
+        for name in ("last.pth", "resume.pt"):
+            if not (out_dir / name).is_file():
+                raise InstsegError(f"cannot resume: {name} missing; start over with --overwrite", out_dir / name)
+        return previous
+    for name in RUN_FILES:
+        check_can_write(out_dir / name, overwrite)
+    return None
+
+
+def build_for_training(settings: FinetuneSettings, device: str | None, resume_from: Path | None = None):
+    """SAM for fine-tuning: from the resume checkpoint, the given checkpoint, or random weights seeded by ``settings.seed``."""
+    import torch
+
+    from .sam import build_sam
+
+    torch.manual_seed(settings.seed)
+    checkpoint = str(resume_from) if resume_from is not None else settings.checkpoint
+    return build_sam(settings.variant, checkpoint, device)
+
+
+# ---------------------------------------------------------------- the trainer
+
+def finetune_sam(
+    dataset,
+    split: Mapping[str, Any],
+    out_dir: str | Path,
+    settings: FinetuneSettings | Mapping[str, Any] | None = None,
+    *,
+    device: str | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    quiet: bool = True,
+    split_path: str | Path | None = None,
+    write_split_to: str | Path | None = None,
+) -> dict[str, Any]:
+    """Fine-tune SAM on ``split['train']`` of ``dataset``, validated on ``split['val']``; returns the run record as a dict.
+
+    Every input is checked (settings, images, instances, checkpoint variant, resume
+    settings) before anything is written: then ``split`` goes to ``write_split_to`` when
+    given (a split made for this run), and the run to ``out_dir``.
+    """
+    import torch
+    from tqdm.auto import tqdm
+
+    from data.run_record import RunRecord
+
+    if settings is None:
+        settings = FinetuneSettings()
+    elif not isinstance(settings, FinetuneSettings):
+        settings = FinetuneSettings(**dict(settings))
+    settings.check()
+    out_dir = Path(out_dir)
+    train_names, val_names = list(split["train"]), list(split["val"])
+    if not train_names:
+        raise InstsegError("the split has no training images", split_path)
+    previous = check_run_folder(out_dir, settings, split, resume, overwrite)
+    sam = build_for_training(settings, device, out_dir / "last.pth" if previous is not None else None)
+    image_size = int(sam.image_encoder.img_size)
+    check_training_data(dataset, train_names, image_size, "training")
+    if val_names:
+        check_training_data(dataset, val_names, image_size, "validation")
+    keep_pixels = settings.trainable == "all"
+    train_images = [prepare_image(s, image_size, keep_pixels) for s in dataset.subset(train_names)]
+    val_images = [prepare_image(s, image_size, keep_pixels) for s in dataset.subset(val_names)]
+    parameters = set_trainable(sam, settings.trainable)
+    optimizer = torch.optim.AdamW(parameters, lr=settings.lr, weight_decay=settings.weight_decay)
+
+    rng = np.random.default_rng(settings.seed)
+    history: list[dict] = []
+    epoch_times: list[float] = []
+    start_epoch, best_epoch, best_loss, wall_before = 0, 0, math.inf, 0.0
+    if previous is not None:
+        state = load_resume_state(out_dir / "resume.pt")
+        optimizer.load_state_dict(state["optimizer"])
+        start_epoch, best_epoch, best_loss = int(state["epoch"]), int(state["best_epoch"]), float(state["best_loss"])
+        history, epoch_times, wall_before = list(state["history"]), list(state["epoch_times"]), float(state["wall_time_s"])
+        rng.bit_generator.state = state["rng"]
+        record = previous
+        record.epochs = settings.epochs
+        record.settings = settings.to_dict()
+        record.status = "running"
+    else:
+        record = RunRecord(trainer=TRAINER, model=f"sam_{settings.variant}", settings=settings.to_dict(),
+                           split=_split_record(split, split_path), epochs=settings.epochs)
+    record.details.update({
+        "image_size": image_size, "trainable": settings.trainable,
+        "n_trainable_parameters": int(sum(p.numel() for p in parameters)),
+        "n_train_instances": int(sum(len(i.targets) for i in train_images)),
+        "n_val_instances": int(sum(len(i.targets) for i in val_images)),
+        "untrained_start": starts_untrained(settings.checkpoint),
+        "loss": f"{settings.focal_weight:g} x focal + {settings.dice_weight:g} x Dice (low-res grid) + MSE(predicted IoU)",
+        "device": str(sam.device),
+    })
+    if write_split_to is not None:
+        from data.split import write_split
+
+        write_split(write_split_to, dict(split))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    started, cpu_started = time.time(), time.process_time()
+    cpu_before = float(record.details.get("cpu_time_s", 0.0))
+    embeddings = None
+    if settings.trainable != "all":
+        key = embedding_key(settings, image_size, train_names + val_names)
+        embeddings = load_or_embed(sam, dataset, train_names + val_names, out_dir / "embeddings.pt", key, quiet)
+    record.details["embedding_time_s"] = round(time.time() - started, 3)
+    status = "finished"
+    for epoch in range(start_epoch + 1, settings.epochs + 1):
+        epoch_started = time.time()
+        with tqdm(total=len(train_images), desc=f"sam epoch {epoch}/{settings.epochs}", disable=quiet, leave=False) as progress:
+            train = train_one_epoch(sam, train_images, optimizer, settings, rng, embeddings, progress)
+        val = evaluate_loss(sam, val_images, settings, settings.seed + 1, embeddings) if val_images else {}
+        monitored = val.get("loss", train.get("loss", math.inf))
+        epoch_times.append(time.time() - epoch_started)
+        row = {"epoch": epoch, **{f"train_{k}": v for k, v in train.items()}, **{f"val_{k}": v for k, v in val.items()},
+               "lr": settings.lr, "time_s": round(epoch_times[-1], 3)}
+        history.append(row)
+        if monitored < best_loss:
+            best_loss, best_epoch = monitored, epoch
+            save_sam_state(sam, out_dir / "best.pth")
+        save_sam_state(sam, out_dir / "last.pth")
+        wall = wall_before + time.time() - started
+        save_resume_state(out_dir / "resume.pt", optimizer, epoch, best_epoch, best_loss, history, rng, epoch_times, wall)
+        if settings.max_minutes is not None and wall > settings.max_minutes * 60 and epoch < settings.epochs:
+            status = f"stopped: max_minutes {settings.max_minutes:g} reached after epoch {epoch}"
+        record.details["cpu_time_s"] = round(cpu_before + time.process_time() - cpu_started, 3)
+        record.progress(epoch, best_epoch, best_loss, wall, epoch_times, "running" if status == "finished" else status)
+        record.write(out_dir, history)
+        if not quiet:
+            print(f"epoch {epoch}: train loss {train.get('loss', float('nan')):.4f}, val loss {val.get('loss', float('nan')):.4f}")
+        if status != "finished":
+            break
+    record.details["cpu_time_s"] = round(cpu_before + time.process_time() - cpu_started, 3)
+    record.progress(len(history), best_epoch, best_loss, wall_before + time.time() - started, epoch_times, status)
+    record.write(out_dir, history)
+    return record.to_dict()
+
+
+# ---------------------------------------------------------------- the step the runner calls
+
+@dataclass
+class FinetuneStepResult:
+    """What ``finetune_and_predict`` produced."""
+
+    run_dir: Path
+    record: dict[str, Any]
+    predictions: dict[str, Path] = field(default_factory=dict)
+
+
+def finetune_and_predict(
+    settings: FinetuneSettings | Mapping[str, Any],
+    dataset,
+    split: Mapping[str, Any],
+    out_dir: str | Path,
+    predictions_dir: str | Path,
+    *,
+    modes: Sequence[str] = ("box", "box_point", "box_mask"),
+    score: str = "maskrcnn",
+    prompt_sources: Sequence[str] = ("maskrcnn", "gt"),
+    device: str | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    quiet: bool = True,
+    split_path: str | Path | None = None,
+) -> FinetuneStepResult:
+    """Fine-tune SAM (``out_dir``: run.json, history.csv, best.pth, last.pth) and write its predictions.
+
+    predictions_dir must hold ``gt.json`` (validation ground truth) and, for the ``maskrcnn``
+    prompt source, ``maskrcnn.json``. Writes ``sam_ft_<mode>.json`` (+ ``.meta.json``) for
+    each mode prompted by Mask R-CNN's detections and ``sam_ft_gt_<mode>.json`` for the
+    ground-truth boxes (modes ``box`` and ``box_point``). A finished run in ``out_dir`` with
+    the same settings is reused when ``resume`` is set.
+    """
+    from .sam import GT_PROMPT_MODES, build_sam, run_sam
+
+    settings = settings if isinstance(settings, FinetuneSettings) else FinetuneSettings(**dict(settings))
+    predictions_dir = Path(predictions_dir)
+    gt_path = predictions_dir / "gt.json"
+    maskrcnn_json = predictions_dir / "maskrcnn.json"
+    if not gt_path.is_file():
+        raise InstsegError("ground truth not found (the Mask R-CNN step writes it)", gt_path)
+    if "maskrcnn" in prompt_sources and not maskrcnn_json.is_file():
+        raise InstsegError("Mask R-CNN detections not found (the Mask R-CNN step writes them)", maskrcnn_json)
+    for source in prompt_sources:
+        stem = "sam_ft" if source == "maskrcnn" else "sam_ft_gt"
+        for mode in modes:
+            if source == "maskrcnn" or mode in GT_PROMPT_MODES:
+                check_can_write(predictions_dir / f"{stem}_{mode}.json", overwrite or resume)
+    out_dir = Path(out_dir)
+    resume = resume and (out_dir / "run.json").is_file()
+    record = finetune_sam(dataset, split, out_dir, settings, device=device, resume=resume, overwrite=overwrite,
+                          quiet=quiet, split_path=split_path)
+    sam = build_sam(settings.variant, out_dir / "best.pth", device)
+    embeddings = None
+    if settings.trainable != "all":
+        image_size = int(sam.image_encoder.img_size)
+        names = list(split["train"]) + list(split["val"])
+        embeddings = load_or_embed(sam, dataset, names, out_dir / "embeddings.pt", embedding_key(settings, image_size, names), quiet)
+    predictions: dict[str, Path] = {}
+    for source in prompt_sources:
+        source_modes = [m for m in modes if source == "maskrcnn" or m in GT_PROMPT_MODES]
+        predictions.update({f"{source}:{mode}": path for mode, path in run_sam(
+            dataset, split["val"], maskrcnn_json if source == "maskrcnn" else None, gt_path, predictions_dir,
+            variant=settings.variant, modes=source_modes, score=score if source == "maskrcnn" else "sam_iou",
+            device=device, overwrite=overwrite or resume, quiet=quiet, sam=sam, prompts=source, method_prefix="sam_ft",
+            embeddings=embeddings,
+        ).items()})
+    return FinetuneStepResult(out_dir, record, predictions)
+
+
+# ---------------------------------------------------------------- command line
+
+def build_parser():
+    from data.cli import add_dataset_arguments, make_parser
+
+    from .sam import SAM_VARIANTS
+
+    defaults = FinetuneSettings()
+    parser = make_parser("instseg-sam-train", "Fine-tune SAM on instance masks (prompts sampled from the ground truth).")
+    add_dataset_arguments(parser)
+    parser.add_argument("--split", required=True, help="split JSON (made with seed --seed if it does not exist)")
+    parser.add_argument("--out", required=True, help="run folder (run.json, history.csv, best.pth, last.pth, resume.pt)")
+    parser.add_argument("--variant", default=defaults.variant, choices=list(SAM_VARIANTS))
+    parser.add_argument("--checkpoint", default=None,
+                        help="SAM checkpoint to start from (file or folder); 'none' = random weights (default: none for vit_tiny, "
+                             "the released file for the others)")
+    parser.add_argument("--trainable", default=defaults.trainable, choices=TRAINABLE_PARTS)
+    parser.add_argument("--epochs", type=int, default=defaults.epochs)
+    parser.add_argument("--lr", type=float, default=defaults.lr)
+    parser.add_argument("--weight-decay", type=float, default=defaults.weight_decay)
+    parser.add_argument("--prompts-per-image", type=int, default=defaults.prompts_per_image)
+    parser.add_argument("--iterations", type=int, default=defaults.iterations, help="correction rounds after the first prompt")
+    parser.add_argument("--positive-points", type=int, default=defaults.positive_points)
+    parser.add_argument("--negative-points", type=int, default=defaults.negative_points)
+    parser.add_argument("--point-probability", type=float, default=defaults.point_probability,
+                        help="chance that the first round adds points to the box")
+    parser.add_argument("--focal-weight", type=float, default=None,
+                        help="weight of the focal loss (default: 20, the SAM paper's, from a checkpoint; 0, Dice alone as "
+                             "micro-sam, from random weights, where the focal term makes the decoder predict background only)")
+    parser.add_argument("--dice-weight", type=float, default=defaults.dice_weight)
+    parser.add_argument("--seed", type=int, default=defaults.seed)
+    parser.add_argument("--max-minutes", type=float, default=None, help="stop after the epoch that passes this wall time")
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: cuda if available)")
+    parser.add_argument("--resume", action="store_true")
+    parser.add_argument("--overwrite", action="store_true")
+    parser.add_argument("--quiet", action="store_true")
+    return parser
+
+
+def _main(argv: Sequence[str] | None = None) -> int:
+    from data.split import make_split, read_split
+
+    from data.cli import open_dataset
+
+    from .weights import SAM_CHECKPOINT_FILES
+
+    args = build_parser().parse_args(argv)
+    checkpoint = args.checkpoint
+    if checkpoint is None and args.variant not in SAM_CHECKPOINT_FILES:
+        checkpoint = "none"
+    settings = FinetuneSettings(
+        variant=args.variant, checkpoint=checkpoint, trainable=args.trainable, epochs=args.epochs, lr=args.lr,
+        weight_decay=args.weight_decay, prompts_per_image=args.prompts_per_image, iterations=args.iterations,
+        positive_points=args.positive_points, negative_points=args.negative_points,
+        point_probability=args.point_probability, focal_weight=args.focal_weight, dice_weight=args.dice_weight,
+        seed=args.seed, max_minutes=args.max_minutes,
+    )
+    settings.check()
+    dataset = open_dataset(args)
+    new_split = not Path(args.split).is_file() and not args.resume
+    if new_split:
+        split = make_split(dataset.names, seed=args.seed, source=str(args.data))
+    else:
+        split = read_split(args.split, dataset.names)
+    record = finetune_sam(dataset, split, args.out, settings, device=args.device, resume=args.resume,
+                          overwrite=args.overwrite, quiet=args.quiet, split_path=args.split,
+                          write_split_to=args.split if new_split else None)
+    if not args.quiet:
+        print(f"{args.out}: {record['status']} after {record['epochs_done']} epochs; best epoch {record['best_epoch']} "
+              f"(validation loss {record['best_loss']}); {record['wall_time_s']:.0f} s")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from data.cli import run_cli
+
+    return run_cli(_main, argv)
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main())

@@ -218,8 +218,22 @@ def enabled_studies(settings: Settings) -> list[str]:
     return [name for name in ("semantic", "instance") if getattr(settings, name).enabled]
 
 
-def instance_methods(sam_modes: Sequence[str]) -> list[str]:
-    return ["maskrcnn"] + [f"sam_{mode}" for mode in sam_modes]
+def finetuned_sam_methods(instance: Any) -> list[str]:
+    """The rows of the fine-tuned SAM: ``sam_ft_<mode>`` (Mask R-CNN boxes) and ``sam_ft_gt_<mode>`` (ground-truth boxes)."""
+    from torch_instseg.names import GT_PROMPT_MODES, sam_method
+
+    finetune = instance.sam_finetune
+    if not finetune.enabled:
+        return []
+    return [sam_method(mode, "sam_ft", source) for source in finetune.prompt_sources for mode in finetune.modes
+            if source == "maskrcnn" or mode in GT_PROMPT_MODES]
+
+
+def instance_methods(instance: Any) -> list[str]:
+    """Every method of the instance table: Mask R-CNN, zero-shot SAM per prompt mode, then the fine-tuned SAM."""
+    from torch_instseg.names import MASKRCNN_METHOD, sam_method
+
+    return [MASKRCNN_METHOD] + [sam_method(mode) for mode in instance.sam.modes] + finetuned_sam_methods(instance)
 
 
 def build_steps(settings: Settings) -> list[Step]:
@@ -261,10 +275,15 @@ def _semantic_steps(settings: Settings) -> list[Step]:
     ]
 
 
+FINETUNE_ROWS = ("instance.sam_finetune.enabled", "instance.sam_finetune.modes", "instance.sam_finetune.prompt_sources")
+
+
 def _instance_steps(settings: Settings) -> list[Step]:
     modes = list(settings.instance.sam.modes)
-    methods = ("instance.sam.modes",)
-    return [
+    finetuned = finetuned_sam_methods(settings.instance)
+    methods = ("instance.sam.modes",) + FINETUNE_ROWS
+    sam_steps = ("instance_sam",) + (("instance_sam_finetune",) if finetuned else ())
+    steps = [
         Step("instance_train", ("split",), lambda lay: [lay.maskrcnn],
              tuple(f"instance.{key}" for key in ("image_size", "epochs", "batch_size", "lr", "weight_decay", "weights",
                                                  "detections_per_image", "seed", "device")),
@@ -274,13 +293,20 @@ def _instance_steps(settings: Settings) -> list[Step]:
         Step("instance_sam", ("instance_predict",), lambda lay: [lay.prediction(f"sam_{mode}") for mode in modes],
              ("instance.sam.variant", "instance.sam.checkpoint", "instance.sam.modes", "instance.sam.score",
               "instance.device"), instance_sam_step, Framework.TORCH),
-        Step("instance_eval", ("instance_predict", "instance_sam"), lambda lay: [lay.evaluations],
+    ]
+    if finetuned:
+        steps.append(Step("instance_sam_finetune", ("split", "instance_predict"),
+                          lambda lay: [lay.sam_finetune] + [lay.prediction(method) for method in finetuned],
+                          ("instance.sam_finetune", "instance.sam.score", "instance.device"),
+                          instance_sam_finetune_step, Framework.TORCH, resumable=True))
+    return steps + [
+        Step("instance_eval", ("instance_predict",) + sam_steps, lambda lay: [lay.evaluations],
              methods + ("instance.evaluation",), instance_eval_step),
-        Step("instance_table", ("instance_predict", "instance_sam"), lambda lay: [lay.instance_table],
+        Step("instance_table", ("instance_predict",) + sam_steps, lambda lay: [lay.instance_table],
              methods + ("instance.evaluation",), instance_table_step),
         Step("instance_stats", ("instance_eval",), lambda lay: [lay.instance_stats],
              methods + ("instance.evaluation.interpolations", "stats.posthoc"), instance_stats_step),
-        Step("instance_figures", ("instance_predict", "instance_sam"), lambda lay: lay.figure_files((INSTANCE_FIGURE,)),
+        Step("instance_figures", ("instance_predict",) + sam_steps, lambda lay: lay.figure_files((INSTANCE_FIGURE,)),
              methods + ("instance.figure_images",), instance_figures_step),
     ]
 
@@ -450,11 +476,27 @@ def instance_sam_step(ctx: Context) -> None:
     print(f"SAM {sam.variant} ({', '.join(sam.modes)}) -> {ctx.layout.predictions}")
 
 
+def instance_sam_finetune_step(ctx: Context) -> None:
+    """Fine-tune SAM on the instance training split, then write ``sam_ft_<mode>.json`` / ``sam_ft_gt_<mode>.json``."""
+    from torch_instseg.sam_finetune import finetune_and_predict
+
+    finetune = ctx.settings.instance.sam_finetune
+    result = finetune_and_predict(
+        finetune.finetune_settings(), ctx.dataset("instance"), ctx.split("instance"), ctx.layout.sam_finetune,
+        ctx.layout.predictions, modes=tuple(finetune.modes), score=ctx.settings.instance.sam.score,
+        prompt_sources=tuple(finetune.prompt_sources), device=_device(ctx.settings.instance.device),
+        resume=ctx.resume, overwrite=ctx.overwrite, quiet=True, split_path=str(ctx.layout.split_json("instance")),
+    )
+    record = result.record
+    print(f"SAM {finetune.variant} fine-tuned ({finetune.trainable}): {record.get('status')}, best epoch "
+          f"{record.get('best_epoch')} (validation loss {record.get('best_loss')}) -> {ctx.layout.sam_finetune}")
+
+
 def instance_eval_step(ctx: Context) -> None:
     from torch_instseg.evaluate import run_evaluation
 
     evaluation = ctx.settings.instance.evaluation
-    for method in instance_methods(ctx.settings.instance.sam.modes):
+    for method in instance_methods(ctx.settings.instance):
         for interpolation in evaluation.interpolations:
             out = ctx.layout.evaluation(method, interpolation)
             run_evaluation(ctx.layout.prediction("gt"), ctx.layout.prediction(method), out, interpolation=interpolation,
@@ -469,7 +511,7 @@ def instance_table_step(ctx: Context) -> None:
 
     evaluation = ctx.settings.instance.evaluation
     gt = _ground_truth(ctx)
-    results = {method: ctx.layout.prediction(method) for method in instance_methods(ctx.settings.instance.sam.modes)}
+    results = {method: ctx.layout.prediction(method) for method in instance_methods(ctx.settings.instance)}
     frames = []
     for interpolation in evaluation.interpolations:
         frame = instance_table(gt, results, max_dets=evaluation.max_dets[interpolation], interpolation=interpolation)
@@ -488,7 +530,7 @@ def instance_per_image(ctx: Context, interpolation: int):
     gt = _ground_truth(ctx)
     stems = {image["id"]: Path(image["file_name"]).stem for image in gt.get("images", [])}
     parts = []
-    for method in instance_methods(ctx.settings.instance.sam.modes):
+    for method in instance_methods(ctx.settings.instance):
         frame = pd.read_csv(ctx.layout.evaluation_per_image(method, interpolation))
         if "image" not in frame.columns:
             frame["image"] = frame["image_id"].map(stems)
@@ -518,7 +560,7 @@ def instance_figures_step(ctx: Context) -> None:
 
     i = ctx.settings.instance
     names = ctx.split("instance")["val"][: i.figure_images]
-    results = {method: ctx.layout.prediction(method) for method in instance_methods(i.sam.modes)}
+    results = {method: ctx.layout.prediction(method) for method in instance_methods(i)}
     instance_figure(ctx.samples("instance", names), _ground_truth(ctx), results, ctx.layout.figure_stem(INSTANCE_FIGURE),
                     n_images=i.figure_images)
     print(f"instance figure -> {ctx.layout.figures}")

@@ -15,7 +15,7 @@ from data import DatasetError
 from mscseg import run as runner
 from mscseg.config import load_config
 from mscseg.layout import Layout
-from mscseg.steps import Step
+from mscseg.steps import Step, instance_methods
 
 CALLS: list[tuple[str, bool, bool]] = []
 BEHAVIOUR: dict[str, str] = {}
@@ -236,11 +236,13 @@ def test_real_steps_of_the_tiny_preset():
     assert [s.name for s in steps] == [
         "data", "split", "semantic_train_unet", "semantic_train_deeplabv3plus", "semantic_train_segnet",
         "semantic_train_maskrcnn", "semantic_sweep", "semantic_stats", "semantic_figures", "instance_train",
-        "instance_predict", "instance_sam", "instance_eval", "instance_table", "instance_stats", "instance_figures", "report",
+        "instance_predict", "instance_sam", "instance_sam_finetune", "instance_eval", "instance_table", "instance_stats",
+        "instance_figures", "report",
     ]
     layout = Layout(Path("r"))
     assert layout.evaluation("sam_box", 11) == Path("r/instance/eval/sam_box/11point")
-    assert all(s.resumable == s.name.endswith(("_unet", "_deeplabv3plus", "_segnet", "_maskrcnn", "instance_train"))
+    assert all(s.resumable == s.name.endswith(("_unet", "_deeplabv3plus", "_segnet", "_maskrcnn", "instance_train",
+                                               "instance_sam_finetune"))
                for s in steps)
 
 
@@ -256,6 +258,8 @@ EXPECTED_FILES = [
     "instance/maskrcnn/run.json", "instance/maskrcnn/history.csv", "instance/maskrcnn/best.pt", "instance/maskrcnn/last.pt",
     "instance/predictions/gt.json", "instance/predictions/maskrcnn.json", "instance/predictions/sam_box.json",
     "instance/predictions/sam_box_point.json", "instance/predictions/sam_box_mask.json",
+    "instance/sam_finetune/run.json", "instance/sam_finetune/history.csv", "instance/sam_finetune/best.pth",
+    "instance/predictions/sam_ft_box.json", "instance/predictions/sam_ft_gt_box.json",
     "instance/eval/{method}/11point/summary.json", "instance/eval/{method}/11point/per_image.csv",
     "instance/eval/{method}/101point/summary.json", "instance/eval/{method}/101point/per_image.csv",
     "instance/instance_table.csv", "instance/stats/tests.csv", "instance/stats/dunn_ap.csv",
@@ -287,7 +291,7 @@ def test_tiny_end_to_end_writes_every_file_of_the_layout(tiny_run, capsys, monke
     missing = []
     for pattern in EXPECTED_FILES:
         for model in (settings.semantic.models if "{model}" in pattern else [None]):
-            for method in (["maskrcnn", "sam_box", "sam_box_point", "sam_box_mask"] if "{method}" in pattern else [None]):
+            for method in (instance_methods(settings.instance) if "{method}" in pattern else [None]):
                 for step in (steps if "{step}" in pattern else [None]):
                     path = tiny_run / pattern.format(model=model, method=method, step=step)
                     if not path.is_file():

@@ -132,7 +132,8 @@ def test_framework_steps_are_the_ones_importing_tensorflow_or_torch():
     frameworks = {step.name: step.framework for step in build_steps(load_config("tiny"))}
     assert {n for n, f in frameworks.items() if f is Framework.TENSORFLOW} == {
         f"semantic_train_{m}" for m in ("unet", "deeplabv3plus", "segnet", "maskrcnn")}
-    assert {n for n, f in frameworks.items() if f is Framework.TORCH} == {"instance_train", "instance_predict", "instance_sam"}
+    assert {n for n, f in frameworks.items() if f is Framework.TORCH} == {"instance_train", "instance_predict", "instance_sam",
+                                                                                 "instance_sam_finetune"}
 
 
 # ---------------------------------------------------------------- steps in their own process

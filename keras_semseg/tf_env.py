@@ -42,7 +42,6 @@ def set_environment() -> None:
     os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 
 
-
 def filter_startup_log(text: str, min_level: int) -> str:
     """``text`` less absl's pre-initialisation preamble, the absl lines below ``min_level``
     (TF_CPP_MIN_LOG_LEVEL) and, from level 2 on, CUDA's complaint on a machine without a GPU."""

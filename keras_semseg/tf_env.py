@@ -28,6 +28,8 @@ from types import ModuleType
 from .errors import SemsegError
 
 ABSL_LINE = re.compile(r"^([IWEF])\d{4} \d\d:\d\d:\d+\.\d+ +\d+ [^ :]+:\d+\] (.*)")
+ABSL_PREAMBLE = "WARNING: All log messages before absl::InitializeLog() is called are written to STDERR"
+HIDDEN_SEVERITIES = {0: "", 1: "I", 2: "IW", 3: "IWE"}
 NO_GPU_NOISE = ("failed call to cuInit",)
 
 
@@ -38,10 +40,6 @@ def set_environment() -> None:
     os.environ["SM_FRAMEWORK"] = "tf.keras"
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
-
-
-ABSL_PREAMBLE = "WARNING: All log messages before absl::InitializeLog() is called are written to STDERR"
-HIDDEN_SEVERITIES = {0: "", 1: "I", 2: "IW", 3: "IWE"}
 
 
 def filter_startup_log(text: str, min_level: int) -> str:
@@ -63,7 +61,7 @@ def filter_startup_log(text: str, min_level: int) -> str:
 
 @contextlib.contextmanager
 def _filtered_stderr_fd():
-    """Route file descriptor 2 through ``filter_startup_log`` while TensorFlow loads.
+    """Route file descriptor 2 through ``filter_startup_log`` while TensorFlow loads and finds its devices.
 
     TensorFlow >= 2.19 logs its start-up notices through absl before absl is initialised,
     which writes every severity to stderr whatever TF_CPP_MIN_LOG_LEVEL says.

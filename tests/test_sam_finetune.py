@@ -3,8 +3,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +18,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("segment_anything")
 
 FAST = dict(variant="vit_tiny", checkpoint="none", epochs=1, lr=3e-3, prompts_per_image=4, iterations=1, seed=0)
+TINY_EPOCHS = 4  # 3 images x 4 epochs: the loss on fixed prompts drops 0.99 -> 0.96 (after 2 epochs only by 0.002)
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -149,14 +148,14 @@ def tiny_data():
 def tiny_run(tmp_path_factory, tiny_data):
     dataset, split = tiny_data
     out = tmp_path_factory.mktemp("sam_ft") / "run"
-    record = F.finetune_sam(dataset, split, out, dict(FAST, epochs=2), device="cpu")
+    record = F.finetune_sam(dataset, split, out, dict(FAST, epochs=TINY_EPOCHS), device="cpu")
     return out, record
 
 
 def test_fine_tuning_lowers_the_training_loss(tiny_data, tiny_run):
     dataset, split = tiny_data
     out, record = tiny_run
-    settings = F.FinetuneSettings(**dict(FAST, epochs=2))
+    settings = F.FinetuneSettings(**dict(FAST, epochs=TINY_EPOCHS))
     settings.check()
     from torch_instseg.sam import build_sam
 
@@ -166,8 +165,8 @@ def test_fine_tuning_lowers_the_training_loss(tiny_data, tiny_run):
     embeddings = F.embed_all(start, dataset, split["train"])
     before = F.evaluate_loss(start, images, settings, 7, embeddings)["loss"]
     after = F.evaluate_loss(trained, images, settings, 7, embeddings)["loss"]
-    assert after < before
-    assert record["status"] == "finished" and record["epochs_done"] == 2 and record["trainer"] == "sam_finetune"
+    assert after < before - 0.01
+    assert record["status"] == "finished" and record["epochs_done"] == TINY_EPOCHS and record["trainer"] == "sam_finetune"
 
 
 def test_run_folder_holds_the_record_history_and_checkpoints(tiny_run):
@@ -176,11 +175,11 @@ def test_run_folder_holds_the_record_history_and_checkpoints(tiny_run):
         assert (out / name).is_file(), name
     run = json.loads((out / "run.json").read_text())
     assert run["settings"]["focal_weight"] == 0.0          # random start: Dice alone
-    assert run["split"]["val"] and run["best_epoch"] in (1, 2)
+    assert run["split"]["val"] and 1 <= run["best_epoch"] <= TINY_EPOCHS
     import pandas as pd
 
     history = pd.read_csv(out / "history.csv")
-    assert list(history["epoch"]) == [1, 2]
+    assert list(history["epoch"]) == list(range(1, TINY_EPOCHS + 1))
     assert {"train_loss", "val_loss", "val_mask_iou", "time_s"} <= set(history.columns)
 
 

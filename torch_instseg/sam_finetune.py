@@ -675,7 +675,7 @@ def finetune_sam(
     if settings.trainable != "all":
         key = embedding_key(settings, image_size, train_names + val_names)
         embeddings = load_or_embed(sam, dataset, train_names + val_names, out_dir / "embeddings.pt", key, quiet)
-    record.details["embedding_time_s"] = round(time.time() - started, 3)
+    record.details["embedding_time_s" if previous is None else "resume_embedding_time_s"] = round(time.time() - started, 3)
     status = "finished"
     for epoch in range(start_epoch + 1, settings.epochs + 1):
         epoch_started = time.time()

@@ -60,7 +60,19 @@ def needed(settings: Settings, steps: Collection[str] | None = None) -> list[Pre
             f"SAM {sam.variant} checkpoint", path, torch_weights.SAM_RELEASE_URL + name, "instance.sam.checkpoint: none",
             lambda path=path: path if path.is_file() else None, torch_weights.check_checkpoint_file,
         ))
-    return files
+    finetune = instance.sam_finetune
+    if instance.enabled and finetune.enabled and finetune.checkpoint is not None and runs("instance_sam_finetune"):
+        path = torch_weights.sam_checkpoint_path(finetune.variant, None if finetune.checkpoint == "default" else finetune.checkpoint)
+        name = torch_weights.SAM_CHECKPOINT_FILES.get(finetune.variant, path.name)
+        files.append(Pretrained(
+            f"SAM {finetune.variant} checkpoint to fine-tune", path, torch_weights.SAM_RELEASE_URL + name,
+            "instance.sam_finetune.checkpoint: none",
+            lambda path=path: path if path.is_file() else None, torch_weights.check_checkpoint_file,
+        ))
+    unique: dict[Path, Pretrained] = {}
+    for item in files:
+        unique.setdefault(item.path, item)
+    return list(unique.values())
 
 
 def missing_pretrained(settings: Settings, steps: Collection[str] | None = None) -> list[Pretrained]:

@@ -29,7 +29,8 @@ def offline(tmp_path, monkeypatch):
 def _paper(tmp_path, extra: str = ""):
     config = tmp_path / "paper_synthetic.yaml"
     synthetic = "  dataset: {synthetic: {n_images: 8, size: 64}}\n"
-    config.write_text(f"base: paper\nsemantic:\n{synthetic}instance:\n{synthetic}  sam: {{checkpoint: default}}\n{extra}")
+    config.write_text(f"base: paper\nsemantic:\n{synthetic}instance:\n{synthetic}  sam: {{checkpoint: default}}\n"
+                      f"  sam_finetune: {{checkpoint: default}}\n{extra}")
     return load_config(config)
 
 

@@ -28,12 +28,12 @@ def main(argv: list[str] | None = None) -> int:
     from data.split import read_split
     from torch_instseg import coco
     from torch_instseg.evaluate import evaluate
-    from torch_instseg.maskrcnn import _read_data, add_data_arguments
+    from data.cli import add_dataset_arguments, open_dataset
     from torch_instseg.sam import build_sam, run_sam
     from torch_instseg.sam_finetune import FinetuneSettings, build_for_training, embedding_key, load_or_embed
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_data_arguments(parser)
+    add_dataset_arguments(parser)
     parser.add_argument("--split", required=True)
     parser.add_argument("--run", required=True, help="instseg-sam-train run folder")
     parser.add_argument("--out", required=True, help="folder for gt.json, the results and summary.csv")
@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     record = read_record(run)
     known = FinetuneSettings.__dataclass_fields__
     settings = FinetuneSettings(**{k: v for k, v in record.settings.items() if k in known})
-    dataset = _read_data(args)
+    dataset = open_dataset(args)
     split = read_split(args.split, dataset.names)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -451,6 +451,61 @@ def coco_image_ids(named: dict[str, Path], gt_path: str | Path | None) -> dict[s
     return ids
 
 
+def plan_tiles(loaded: "LoadedModel", scaling: "Scaling", tile: int | None, overlap: int | None
+               ) -> tuple[int, int, tuple[int, int], tuple[int, int]]:
+    """(tile and overlap in model pixels, tile (h, w) and overlap (h, w) in image pixels); ``RunError`` for bad values."""
+    if loaded.kind == "semantic":
+        model_tile = int(tile) if tile else int(loaded.input_size)
+        tile_px = (max(1, round(model_tile / scaling.scale_y)), max(1, round(model_tile / scaling.scale_x)))
+    else:
+        model_tile = int(tile) if tile else INSTANCE_TILE
+        tile_px = (model_tile, model_tile)
+    if model_tile < 32:
+        raise RunError(f"--tile must be at least 32 pixels, got {model_tile}")
+    overlap_model = int(overlap) if overlap is not None else model_tile // 4
+    if not 0 <= overlap_model < model_tile:
+        raise RunError(f"--overlap must be between 0 and the tile size ({model_tile}), got {overlap_model}")
+    if loaded.kind == "semantic":
+        overlap_px = (round(overlap_model / scaling.scale_y), round(overlap_model / scaling.scale_x))
+    else:
+        overlap_px = (overlap_model, overlap_model)
+    return model_tile, overlap_model, tile_px, overlap_px
+
+
+def label_image(loaded: "LoadedModel", image: np.ndarray, threshold: float, scaling: "Scaling", tile_px: tuple[int, int],
+                overlap_px: tuple[int, int], min_area: int, device: str | None
+                ) -> tuple[np.ndarray, dict[int, float], np.ndarray | None, int]:
+    """(H x W int32 cell labels, score per label, H x W probability map or None, tiles run) of one H x W x 3 image."""
+    height, width = image.shape[:2]
+    if loaded.kind == "semantic":
+        probability = semantic_probabilities(loaded, image, tile_px, overlap_px)
+        labels = components(probability > np.float32(threshold), min_area)
+        n_tiles = len(tile_starts(height, tile_px[0], overlap_px[0])) * len(tile_starts(width, tile_px[1], overlap_px[1]))
+        return labels, {}, probability, n_tiles
+    work = resize_image(image, scaling.isotropic) if scaling.isotropic != 1 else image
+    labels, scores = instance_labels(loaded, work, tile_px[0], overlap_px[0], threshold, device)
+    labels = resize_back(labels, (height, width), labels=True)
+    labels, scores = relabel(labels, scores)
+    if min_area > 0:
+        small = np.flatnonzero(np.bincount(labels.ravel()) < min_area)
+        labels[np.isin(labels, small[small > 0])] = 0
+        labels, scores = relabel(labels, scores)
+    n_tiles = len(tile_starts(work.shape[0], min(tile_px[0], work.shape[0]), overlap_px[0])) * \
+        len(tile_starts(work.shape[1], min(tile_px[1], work.shape[1]), overlap_px[1]))
+    return labels, scores, None, n_tiles
+
+
+def write_image_outputs(folder: Path, name: str, image: np.ndarray, labels: np.ndarray, cells: pd.DataFrame) -> None:
+    """masks/, labels/ (16-bit PNG, 32-bit TIFF above 65535 cells), overlays/ and cells/ of one image into ``folder``."""
+    from data.imageio import write_labels, write_png
+    from data.outputs import write_csv
+
+    write_png(folder / "masks" / f"{name}.png", ((labels > 0) * 255).astype(np.uint8))
+    write_labels(folder / "labels" / f"{name}{'.png' if labels.max(initial=0) <= 65535 else '.tif'}", labels)
+    write_png(folder / "overlays" / f"{name}.png", overlay(image, labels))
+    write_csv(folder / "cells" / f"{name}.csv", cells)
+
+
 def predict_folder(
     run_dir: str | Path,
     images: Sequence[str | Path],
@@ -477,7 +532,7 @@ def predict_folder(
     cells as COCO results (RLE masks; score = instance score, or mean probability for a
     semantic run) with image ids from ``coco_gt`` when given.
     """
-    from data.imageio import read_image, write_labels, write_png
+    from data.imageio import read_image
     from data.outputs import check_can_write, check_output_folder, staged_outputs, write_csv, write_json
 
     out_dir = check_output_folder(out_dir)
@@ -504,21 +559,7 @@ def predict_folder(
     else:
         threshold_source = "--threshold"
     scaling = choose_scaling(loaded, scale)
-    if loaded.kind == "semantic":
-        model_tile = int(tile) if tile else int(loaded.input_size)
-        tile_px = (max(1, round(model_tile / scaling.scale_y)), max(1, round(model_tile / scaling.scale_x)))
-    else:
-        model_tile = int(tile) if tile else INSTANCE_TILE
-        tile_px = (model_tile, model_tile)
-    if model_tile < 32:
-        raise RunError(f"--tile must be at least 32 pixels, got {model_tile}")
-    overlap_model = int(overlap) if overlap is not None else model_tile // 4
-    if not 0 <= overlap_model < model_tile:
-        raise RunError(f"--overlap must be between 0 and the tile size ({model_tile}), got {overlap_model}")
-    if loaded.kind == "semantic":
-        overlap_px = (round(overlap_model / scaling.scale_y), round(overlap_model / scaling.scale_x))
-    else:
-        overlap_px = (overlap_model, overlap_model)
+    model_tile, overlap_model, tile_px, overlap_px = plan_tiles(loaded, scaling, tile, overlap)
     if min_area is None:
         from data.geometry import default_min_area
 
@@ -533,35 +574,16 @@ def predict_folder(
             started = time.perf_counter()
             image = read_image(path)
             height, width = image.shape[:2]
-            probability = None
-            if loaded.kind == "semantic":
-                probability = semantic_probabilities(loaded, image, tile_px, overlap_px)
-                labels = components(probability > np.float32(threshold), min_area)
-                mask = labels > 0
-                scores: dict[int, float] = {}
-                n_tiles = len(tile_starts(height, tile_px[0], overlap_px[0])) * len(tile_starts(width, tile_px[1], overlap_px[1]))
-            else:
-                work = resize_image(image, scaling.isotropic) if scaling.isotropic != 1 else image
-                labels, scores = instance_labels(loaded, work, tile_px[0], overlap_px[0], threshold, device)
-                labels = resize_back(labels, (height, width), labels=True)
-                labels, scores = relabel(labels, scores)
-                if min_area > 0:
-                    small = np.flatnonzero(np.bincount(labels.ravel()) < min_area)
-                    labels[np.isin(labels, small[small > 0])] = 0
-                    labels, scores = relabel(labels, scores)
-                mask = labels > 0
-                n_tiles = len(tile_starts(work.shape[0], min(tile_px[0], work.shape[0]), overlap_px[0])) * \
-                    len(tile_starts(work.shape[1], min(tile_px[1], work.shape[1]), overlap_px[1]))
+            labels, scores, probability, n_tiles = label_image(loaded, image, threshold, scaling, tile_px, overlap_px,
+                                                               min_area, device)
+            mask = labels > 0
             note = size_note(name, height, width, loaded.geometry if loaded.kind == "semantic" else None, n_tiles)
             if note:
                 notes.append(note)
                 if not quiet:
                     print(note)
             cells = measure_cells(labels, name, scores)
-            write_png(stage / "masks" / f"{name}.png", (mask * 255).astype(np.uint8))
-            write_labels(stage / "labels" / f"{name}{'.png' if labels.max(initial=0) <= 65535 else '.tif'}", labels)
-            write_png(stage / "overlays" / f"{name}.png", overlay(image, labels))
-            write_csv(stage / "cells" / f"{name}.csv", cells)
+            write_image_outputs(stage, name, image, labels, cells)
             if coco:
                 detections += cell_detections(image_ids[name], labels, scores, probability)
             counts.append({

@@ -45,6 +45,7 @@ SAM_SCORES = SCORE_SOURCES
 SAM_VARIANTS = tuple(SAM_VARIANT_REGISTRY)
 DENSITY_NAMES = ("sparse", "medium", "dense")
 POSTHOC_TESTS = tuple(POSTHOC_REGISTRY)
+LR_SCHEDULES = ("constant", "cosine")
 
 
 @dataclass
@@ -123,6 +124,8 @@ class SemanticConfig:
     mixed_precision: bool = False
     seed: int = 0
     model_options: dict = field(default_factory=dict)
+    steps_per_epoch: int | None = None
+    lr_schedule: str = "constant"
     metrics: list[str] = field(default_factory=lambda: list(SEMANTIC_METRICS))
     figure_images: int = 3
 
@@ -137,6 +140,10 @@ class SemanticConfig:
                  f"must be a multiple of 32 and at least 32 (the encoders downsample 5 times), got {self.image_size}")
         _require(self.epochs >= 1, where, "epochs", f"must be at least 1, got {self.epochs}")
         _require(self.batch_size >= 1, where, "batch_size", f"must be at least 1, got {self.batch_size}")
+        _require(self.steps_per_epoch is None or self.steps_per_epoch >= 1, where, "steps_per_epoch",
+                 f"must be at least 1 or none (one pass over the training images), got {self.steps_per_epoch}")
+        _require(self.lr_schedule in LR_SCHEDULES, where, "lr_schedule",
+                 f"must be one of {', '.join(LR_SCHEDULES)} (constant: the paper's plain Adam), got '{self.lr_schedule}'")
         _require(self.encoder_weights in (None, "imagenet"), where, "encoder_weights",
                  f"must be 'imagenet' or none (random initialisation), got '{self.encoder_weights}'")
         for name, options in self.model_options.items():
@@ -215,6 +222,7 @@ class InstanceConfig:
     detections_per_image: int = 300
     device: str = "auto"
     seed: int = 0
+    model_options: dict = field(default_factory=dict)
     sam: SamConfig = field(default_factory=SamConfig)
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     figure_images: int = 3

@@ -40,7 +40,7 @@ def test_presets_load_and_match_top_level_copies():
 def test_small_is_the_default_and_untrained_is_labelled():
     settings = load_config(None)
     assert settings.name == "small"
-    assert settings.semantic.dataset.synthetic is not None and settings.instance.dataset.synthetic.density == "dense"
+    assert settings.semantic.dataset.synthetic is not None and settings.instance.dataset.synthetic.density == "sparse"
     assert settings.semantic.encoder_weights is None and settings.instance.weights is None
     assert settings.instance.sam.checkpoint is None
     assert len(settings.untrained) == 3 and settings.synthetic

@@ -35,7 +35,7 @@ from .tf_env import tensorflow
 HISTORY_COLUMNS = ["epoch", "loss", "pixel_accuracy", "val_loss", "val_pixel_accuracy", "time_s"]
 RUN_FILES = (RUN_JSON, HISTORY_CSV, "best.weights.h5", "last.weights.h5", "last.optimizer.npz")
 RESUME_KEYS = ("model", "image_size", "batch_size", "encoder_weights", "augment", "mixed_precision", "seed", "model_options",
-               "steps_per_epoch", "lr_schedule")
+               "steps_per_epoch", "lr_schedule", "batchnorm_momentum")
 LR_SCHEDULES = ("constant", "cosine")
 
 
@@ -54,6 +54,7 @@ class TrainSettings:
     model_options: dict = field(default_factory=dict)
     steps_per_epoch: int | None = None
     lr_schedule: str = "constant"
+    batchnorm_momentum: float | None = None
 
     def checked(self) -> "TrainSettings":
         """A copy with checked values; ``SemsegError`` for an unknown model, size, epochs or batch size."""
@@ -68,6 +69,8 @@ class TrainSettings:
         schedule = str(self.lr_schedule or "constant").lower()
         if schedule not in LR_SCHEDULES:
             raise SemsegError(f"unknown learning-rate schedule '{self.lr_schedule}'; valid: {', '.join(LR_SCHEDULES)}")
+        if self.batchnorm_momentum is not None and not 0.0 <= float(self.batchnorm_momentum) < 1.0:
+            raise SemsegError(f"batch-norm momentum must be in [0, 1) or none, got {self.batchnorm_momentum}")
         return replace(self, image_size=size, epochs=int(self.epochs), batch_size=int(self.batch_size),
                        steps_per_epoch=None if self.steps_per_epoch is None else int(self.steps_per_epoch), lr_schedule=schedule,
                        seed=int(self.seed), augment=bool(self.augment), mixed_precision=bool(self.mixed_precision),
@@ -206,6 +209,25 @@ def restore_optimizer(model: Any, path: Path) -> bool:
     return True
 
 
+def set_batchnorm_momentum(model: Any, momentum: float) -> int:
+    """Set the moving-average momentum of every BatchNormalization layer, nested models included; returns their count.
+
+    Keras's default 0.99 needs a few hundred steps before the moving statistics (used at
+    validation and prediction) match a randomly initialised network's; a short run needs less.
+    """
+    tf = tensorflow()
+
+    count = 0
+    stack = list(model.layers)
+    while stack:
+        layer = stack.pop()
+        if isinstance(layer, tf.keras.layers.BatchNormalization):
+            layer.momentum = float(momentum)
+            count += 1
+        stack.extend(getattr(layer, "layers", []))
+    return count
+
+
 def _ensure_built(model: Any, image_size: int) -> None:
     if not model.built:
         tf = tensorflow()
@@ -303,6 +325,8 @@ def build_compiled_model(settings: TrainSettings, weights_path: Any, out_dir: Pa
     strategy = tf.distribute.MirroredStrategy() if len(gpus) > 1 else tf.distribute.get_strategy()
     with strategy.scope():
         model = build(settings.model, (settings.image_size, settings.image_size, 3), weights_path, **settings.model_options)
+        if settings.batchnorm_momentum is not None:
+            set_batchnorm_momentum(model, settings.batchnorm_momentum)
         optimizer = make_optimizer(settings.lr_schedule, settings.epochs * steps_per_epoch)
         if entry.compiles_itself:
             model.compile(optimizer=optimizer)
@@ -366,7 +390,7 @@ def train_model(
     """Train ``model_name`` on ``split["train"]``, validate on ``split["val"]``; returns what run.json holds.
 
     ``recipe``: the fields of ``TrainSettings`` (image_size, epochs, batch_size, encoder_weights,
-    augment, mixed_precision, seed, model_options, steps_per_epoch, lr_schedule). Binary cross-entropy and Adam (lr 1e-3)
+    augment, mixed_precision, seed, model_options, steps_per_epoch, lr_schedule, batchnorm_momentum). Binary cross-entropy and Adam (lr 1e-3)
     unless the model trains itself (Mask R-CNN). ``resume`` continues an unfinished run in
     ``out_dir`` from its last epoch (same settings and split required; a finished run is
     returned as it is, or extended when ``epochs`` is larger; an empty or missing ``out_dir``

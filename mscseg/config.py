@@ -126,6 +126,7 @@ class SemanticConfig:
     model_options: dict = field(default_factory=dict)
     steps_per_epoch: int | None = None
     lr_schedule: str = "constant"
+    batchnorm_momentum: float | None = None
     metrics: list[str] = field(default_factory=lambda: list(SEMANTIC_METRICS))
     figure_images: int = 3
 
@@ -144,6 +145,8 @@ class SemanticConfig:
                  f"must be at least 1 or none (one pass over the training images), got {self.steps_per_epoch}")
         _require(self.lr_schedule in LR_SCHEDULES, where, "lr_schedule",
                  f"must be one of {', '.join(LR_SCHEDULES)} (constant: the paper's plain Adam), got '{self.lr_schedule}'")
+        _require(self.batchnorm_momentum is None or 0.0 <= self.batchnorm_momentum < 1.0, where, "batchnorm_momentum",
+                 f"must be in [0, 1) or none (Keras's 0.99), got {self.batchnorm_momentum}")
         _require(self.encoder_weights in (None, "imagenet"), where, "encoder_weights",
                  f"must be 'imagenet' or none (random initialisation), got '{self.encoder_weights}'")
         for name, options in self.model_options.items():

@@ -241,7 +241,7 @@ def build_steps(settings: Settings) -> list[Step]:
 
 REPORT_READS = ("name", "description", "semantic", "instance", "stats")  # its settings section shows them all
 SEMANTIC_TRAINING = ("image_size", "epochs", "batch_size", "encoder_weights", "augment", "mixed_precision", "seed",
-                     "steps_per_epoch", "lr_schedule")
+                     "steps_per_epoch", "lr_schedule", "batchnorm_momentum")
 
 
 def _semantic_steps(settings: Settings) -> list[Step]:
@@ -339,6 +339,7 @@ def semantic_train_step(ctx: Context, model: str) -> None:
         augment=s.augment, resume=ctx.resume, overwrite=ctx.overwrite, quiet=True,
         mixed_precision=s.mixed_precision, seed=s.seed, split_path=str(ctx.layout.split_json("semantic")),
         model_options=dict(s.model_options.get(model, {})), steps_per_epoch=s.steps_per_epoch, lr_schedule=s.lr_schedule,
+        batchnorm_momentum=s.batchnorm_momentum,
     )
     print(f"{model}: status {result.get('status')}, best epoch {result.get('best_epoch')}")
 

@@ -257,10 +257,18 @@ def build_maskrcnn(
     and ``anchor_sizes``: 5 anchor sizes in pixels, one per FPN level (default 32-512).
     """
     import_torch()
+    options = {"box_detections_per_img": int(detections_per_image), "min_size": int(min_size), "max_size": int(max_size),
+               **model_options}
+    anchors = _anchor_generator(options.pop("anchor_sizes", None))
+    model = _build_network(weights, num_classes, download, options)
+    if anchors is not None:
+        model.rpn.anchor_generator = anchors
+    return model
+
+
+def _build_network(weights: str | os.PathLike | None, num_classes: int, download: bool, options: dict[str, Any]):
     from torchvision.models.detection import MaskRCNN_ResNet50_FPN_V2_Weights, maskrcnn_resnet50_fpn_v2
 
-    options = {"box_detections_per_img": int(detections_per_image), "min_size": int(min_size), "max_size": int(max_size),
-               **_anchor_options(model_options)}
     source = weights_source(weights)
     if source == "coco":
         ensure_coco_weights(download)
@@ -288,17 +296,15 @@ def build_maskrcnn(
     return model
 
 
-def _anchor_options(model_options: dict[str, Any]) -> dict[str, Any]:
-    """``model_options`` with ``anchor_sizes`` (one size in pixels per FPN level, 5 levels) turned into an ``rpn_anchor_generator``.
+def _anchor_generator(sizes: Any):
+    """The RPN's anchors for ``sizes`` (one size in pixels per FPN level, 5 levels); None keeps torchvision's 32-512.
 
     The anchors keep torchvision's aspect ratios (0.5, 1, 2), so the RPN head's shape, and any
     checkpoint, stay the same; sizes matched to the cells (for example 16-256 for cells
     15-40 px across) replace torchvision's 32-512.
     """
-    options = dict(model_options)
-    sizes = options.pop("anchor_sizes", None)
     if sizes is None:
-        return options
+        return None
     try:
         sizes = tuple(float(size) for size in sizes)
     except (TypeError, ValueError):
@@ -307,8 +313,7 @@ def _anchor_options(model_options: dict[str, Any]) -> dict[str, Any]:
         raise InstsegError(f"anchor_sizes must be 5 positive sizes in pixels (one per FPN level), got {list(sizes)}")
     from torchvision.models.detection.anchor_utils import AnchorGenerator
 
-    options["rpn_anchor_generator"] = AnchorGenerator(tuple((size,) for size in sizes), ((0.5, 1.0, 2.0),) * len(sizes))
-    return options
+    return AnchorGenerator(tuple((size,) for size in sizes), ((0.5, 1.0, 2.0),) * len(sizes))
 
 
 def freeze_batchnorm(model) -> None:

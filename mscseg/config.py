@@ -125,6 +125,7 @@ class SemanticConfig:
     seed: int = 0
     model_options: dict = field(default_factory=dict)
     steps_per_epoch: int | None = None
+    steps_per_epoch_by_model: dict = field(default_factory=dict)
     lr_schedule: str = "constant"
     batchnorm_momentum: float | None = None
     metrics: list[str] = field(default_factory=lambda: list(SEMANTIC_METRICS))
@@ -143,6 +144,10 @@ class SemanticConfig:
         _require(self.batch_size >= 1, where, "batch_size", f"must be at least 1, got {self.batch_size}")
         _require(self.steps_per_epoch is None or self.steps_per_epoch >= 1, where, "steps_per_epoch",
                  f"must be at least 1 or none (one pass over the training images), got {self.steps_per_epoch}")
+        for name, steps in self.steps_per_epoch_by_model.items():
+            _require(name in SEMANTIC_MODELS, where, "steps_per_epoch_by_model", f"unknown model '{name}'; valid: {', '.join(SEMANTIC_MODELS)}")
+            _require(isinstance(steps, int) and not isinstance(steps, bool) and steps >= 1, where,
+                     f"steps_per_epoch_by_model.{name}", f"must be a positive whole number, got {steps!r}")
         _require(self.lr_schedule in LR_SCHEDULES, where, "lr_schedule",
                  f"must be one of {', '.join(LR_SCHEDULES)} (constant: the paper's plain Adam), got '{self.lr_schedule}'")
         _require(self.batchnorm_momentum is None or 0.0 <= self.batchnorm_momentum < 1.0, where, "batchnorm_momentum",

@@ -248,7 +248,8 @@ def _semantic_steps(settings: Settings) -> list[Step]:
     models = list(settings.semantic.models)
     trains = [
         Step(f"semantic_train_{model}", ("split",), lambda lay, model=model: [lay.semantic_model(model)],
-             tuple(f"semantic.{key}" for key in SEMANTIC_TRAINING) + (f"semantic.model_options.{model}",),
+             tuple(f"semantic.{key}" for key in SEMANTIC_TRAINING)
+             + (f"semantic.model_options.{model}", f"semantic.steps_per_epoch_by_model.{model}"),
              lambda ctx, model=model: semantic_train_step(ctx, model), Framework.TENSORFLOW, resumable=True)
         for model in models
     ]
@@ -338,7 +339,7 @@ def semantic_train_step(ctx: Context, model: str) -> None:
         image_size=s.image_size, epochs=s.epochs, batch_size=s.batch_size, encoder_weights=s.encoder_weights,
         augment=s.augment, resume=ctx.resume, overwrite=ctx.overwrite, quiet=True,
         mixed_precision=s.mixed_precision, seed=s.seed, split_path=str(ctx.layout.split_json("semantic")),
-        model_options=dict(s.model_options.get(model, {})), steps_per_epoch=s.steps_per_epoch, lr_schedule=s.lr_schedule,
+        model_options=dict(s.model_options.get(model, {})), steps_per_epoch=s.steps_per_epoch_by_model.get(model) or s.steps_per_epoch, lr_schedule=s.lr_schedule,
         batchnorm_momentum=s.batchnorm_momentum,
     )
     print(f"{model}: status {result.get('status')}, best epoch {result.get('best_epoch')}")

@@ -196,9 +196,10 @@ def source_dataset(dataset: Dataset, names: Sequence[str], image_size: int, targ
 
 
 def training_dataset(source: tf.data.Dataset, shuffle_buffer: int, batch_size: int, augment: bool, seed: int,
-                     settings: Augmentation = Augmentation()) -> tf.data.Dataset:
-    """Shuffled batches, augmented in a parallel map when ``augment``, prefetched."""
-    batches = source.shuffle(max(shuffle_buffer, 1), seed=seed, reshuffle_each_iteration=True).batch(batch_size)
+                     settings: Augmentation = Augmentation(), repeat: bool = False) -> tf.data.Dataset:
+    """Shuffled batches, augmented in a parallel map when ``augment``, prefetched; endless when ``repeat``."""
+    batches = source.shuffle(max(shuffle_buffer, 1), seed=seed, reshuffle_each_iteration=True)
+    batches = (batches.repeat() if repeat else batches).batch(batch_size)
     if augment:
         seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
         batches = tf.data.Dataset.zip((batches, seeds)).map(

@@ -35,7 +35,9 @@ from .tf_env import tensorflow
 
 HISTORY_COLUMNS = ["epoch", "loss", "pixel_accuracy", "val_loss", "val_pixel_accuracy", "time_s"]
 RUN_FILES = (RUN_JSON, HISTORY_CSV, "best.weights.h5", "last.weights.h5", "last.optimizer.npz")
-RESUME_KEYS = ("model", "image_size", "batch_size", "encoder_weights", "augment", "mixed_precision", "seed", "model_options")
+RESUME_KEYS = ("model", "image_size", "batch_size", "encoder_weights", "augment", "mixed_precision", "seed", "model_options",
+               "steps_per_epoch", "lr_schedule", "batchnorm_momentum")
+LR_SCHEDULES = ("constant", "cosine")
 
 
 @dataclass
@@ -51,6 +53,9 @@ class TrainSettings:
     mixed_precision: bool = False
     seed: int = 0
     model_options: dict = field(default_factory=dict)
+    steps_per_epoch: int | None = None
+    lr_schedule: str = "constant"
+    batchnorm_momentum: float | None = None
 
     def checked(self) -> "TrainSettings":
         """A copy with checked values; ``SemsegError`` for an unknown model, size, epochs or batch size."""
@@ -60,7 +65,15 @@ class TrainSettings:
             raise SemsegError(f"epochs must be a positive integer, got {self.epochs}")
         if int(self.batch_size) != self.batch_size or self.batch_size < 1:
             raise SemsegError(f"batch size must be a positive integer, got {self.batch_size}")
+        if self.steps_per_epoch is not None and (int(self.steps_per_epoch) != self.steps_per_epoch or self.steps_per_epoch < 1):
+            raise SemsegError(f"steps per epoch must be a positive integer or none, got {self.steps_per_epoch}")
+        schedule = str(self.lr_schedule or "constant").lower()
+        if schedule not in LR_SCHEDULES:
+            raise SemsegError(f"unknown learning-rate schedule '{self.lr_schedule}'; valid: {', '.join(LR_SCHEDULES)}")
+        if self.batchnorm_momentum is not None and not 0.0 <= float(self.batchnorm_momentum) < 1.0:
+            raise SemsegError(f"batch-norm momentum must be in [0, 1) or none, got {self.batchnorm_momentum}")
         return replace(self, image_size=size, epochs=int(self.epochs), batch_size=int(self.batch_size),
+                       steps_per_epoch=None if self.steps_per_epoch is None else int(self.steps_per_epoch), lr_schedule=schedule,
                        seed=int(self.seed), augment=bool(self.augment), mixed_precision=bool(self.mixed_precision),
                        model_options=dict(self.model_options or {}))
 
@@ -74,8 +87,13 @@ class TrainSettings:
             "target": entry.target,
             "augmentation": Augmentation().to_dict() if self.augment else None,
             "loss": "model's own" if entry.compiles_itself else "binary_crossentropy",
-            "optimizer": "Adam (tf.keras.optimizers.legacy.Adam, Keras defaults: learning rate 0.001, betas 0.9/0.999, epsilon 1e-7)",
+            "optimizer": "Adam (tf.keras.optimizers.legacy.Adam, Keras defaults: learning rate 0.001, betas 0.9/0.999, epsilon 1e-7)"
+                         + ("; learning rate 0.001 decayed to 0 by a cosine over all training steps" if self.lr_schedule == "cosine" else ""),
         }
+
+    def train_steps(self, n_train: int) -> int:
+        """Optimiser steps per epoch: ``steps_per_epoch`` (the training images repeated) or one pass over ``n_train``."""
+        return self.steps_per_epoch or math.ceil(n_train / self.batch_size)
 
 
 def _check_split(split: dict, dataset: Dataset, split_path: str | Path | None) -> tuple[list[str], list[str]]:
@@ -133,10 +151,16 @@ def _save_weights(model: Any, path: Path) -> None:
     os.replace(partial, path)
 
 
-def make_optimizer() -> Any:
-    """Adam with the Keras defaults (lr 1e-3, betas 0.9/0.999, epsilon 1e-7), fused update kernels."""
+def make_optimizer(lr_schedule: str = "constant", total_steps: int = 1) -> Any:
+    """Adam with the Keras defaults (lr 1e-3, betas 0.9/0.999, epsilon 1e-7), fused update kernels.
+
+    ``lr_schedule="cosine"``: the learning rate falls from 1e-3 to 0 along a half cosine over
+    ``total_steps`` optimiser steps (the schedule follows Adam's step counter, so it resumes).
+    """
     tf = tensorflow()
 
+    if lr_schedule == "cosine":
+        return tf.keras.optimizers.legacy.Adam(tf.keras.optimizers.schedules.CosineDecay(1e-3, max(int(total_steps), 1)))
     return tf.keras.optimizers.legacy.Adam()
 
 
@@ -184,6 +208,25 @@ def restore_optimizer(model: Any, path: Path) -> bool:
     for variable, value in zip(variables, values):
         variable.assign(value)
     return True
+
+
+def set_batchnorm_momentum(model: Any, momentum: float) -> int:
+    """Set the moving-average momentum of every BatchNormalization layer, nested models included; returns their count.
+
+    Keras's default 0.99 needs a few hundred steps before the moving statistics (used at
+    validation and prediction) match a randomly initialised network's; a short run needs less.
+    """
+    tf = tensorflow()
+
+    count = 0
+    stack = list(model.layers)
+    while stack:
+        layer = stack.pop()
+        if isinstance(layer, tf.keras.layers.BatchNormalization):
+            layer.momentum = float(momentum)
+            count += 1
+        stack.extend(getattr(layer, "layers", []))
+    return count
 
 
 def _ensure_built(model: Any, image_size: int) -> None:
@@ -271,7 +314,8 @@ def write_probs(model: Any, dataset: Dataset, names: Sequence[str], image_size: 
     return written
 
 
-def build_compiled_model(settings: TrainSettings, weights_path: Any, out_dir: Path, epochs_done: int) -> tuple[Any, Any]:
+def build_compiled_model(settings: TrainSettings, weights_path: Any, out_dir: Path, epochs_done: int,
+                         steps_per_epoch: int = 1) -> tuple[Any, Any]:
     """(model, strategy): built and compiled in the strategy's scope; resumed weights and Adam state loaded."""
     tf = tensorflow()
 
@@ -282,10 +326,13 @@ def build_compiled_model(settings: TrainSettings, weights_path: Any, out_dir: Pa
     strategy = tf.distribute.MirroredStrategy() if len(gpus) > 1 else tf.distribute.get_strategy()
     with strategy.scope():
         model = build(settings.model, (settings.image_size, settings.image_size, 3), weights_path, **settings.model_options)
+        if settings.batchnorm_momentum is not None:
+            set_batchnorm_momentum(model, settings.batchnorm_momentum)
+        optimizer = make_optimizer(settings.lr_schedule, settings.epochs * steps_per_epoch)
         if entry.compiles_itself:
-            model.compile(optimizer=make_optimizer())
+            model.compile(optimizer=optimizer)
         else:
-            model.compile(optimizer=make_optimizer(), loss=tf.keras.losses.BinaryCrossentropy(),
+            model.compile(optimizer=optimizer, loss=tf.keras.losses.BinaryCrossentropy(),
                           metrics=[tf.keras.metrics.BinaryAccuracy(name="pixel_accuracy", threshold=0.5)])
         _ensure_built(model, settings.image_size)
         if epochs_done:
@@ -309,6 +356,7 @@ def fit_epochs(model: Any, batches: tuple, settings: TrainSettings, record: RunR
     checkpoint = _make_callback(out_dir, record, rows, quiet, started, wall_before)
     try:
         model.fit(train_batches, validation_data=val_batches, epochs=settings.epochs, initial_epoch=record.epochs_done,
+                  steps_per_epoch=settings.steps_per_epoch,
                   callbacks=[checkpoint], verbose=0 if quiet else 1)
     except KeyboardInterrupt:
         record.status = "stopped: interrupted"
@@ -343,7 +391,7 @@ def train_model(
     """Train ``model_name`` on ``split["train"]``, validate on ``split["val"]``; returns what run.json holds.
 
     ``recipe``: the fields of ``TrainSettings`` (image_size, epochs, batch_size, encoder_weights,
-    augment, mixed_precision, seed, model_options). Binary cross-entropy and Adam (lr 1e-3)
+    augment, mixed_precision, seed, model_options, steps_per_epoch, lr_schedule, batchnorm_momentum). Binary cross-entropy and Adam (lr 1e-3)
     unless the model trains itself (Mask R-CNN). ``resume`` continues an unfinished run in
     ``out_dir`` from its last epoch (same settings and split required; a finished run is
     returned as it is, or extended when ``epochs`` is larger; an empty or missing ``out_dir``
@@ -379,7 +427,7 @@ def train_model(
         tf.keras.mixed_precision.set_global_policy("mixed_float16")
     try:
         batches, cached = _batches(dataset, train, val, settings)
-        model, strategy = build_compiled_model(settings, weights_path, out_dir, epochs_done)
+        model, strategy = build_compiled_model(settings, weights_path, out_dir, epochs_done, settings.train_steps(len(train)))
         if overwrite:
             _remove_previous(out_dir)
         record = _start_record(previous, settings, split_record, model, strategy, cached)
@@ -418,7 +466,7 @@ def _batches(dataset: Dataset, train: list[str], val: list[str], settings: Train
     train_source, cached = source_dataset(dataset, train, settings.image_size, target, shuffle_seed=settings.seed)
     val_source, _ = source_dataset(dataset, val, settings.image_size, target)
     train_batches = training_dataset(train_source, len(train) if cached else min(len(train), 64), settings.batch_size,
-                                     settings.augment, settings.seed)
+                                     settings.augment, settings.seed, repeat=settings.steps_per_epoch is not None)
     return (train_batches, evaluation_dataset(val_source, settings.batch_size)), cached
 
 

@@ -47,6 +47,7 @@ SAM_TRAINABLE = TRAINABLE_PARTS
 SAM_PROMPT_SOURCES = PROMPT_SOURCES
 DENSITY_NAMES = ("sparse", "medium", "dense")
 POSTHOC_TESTS = tuple(POSTHOC_REGISTRY)
+LR_SCHEDULES = ("constant", "cosine")
 
 
 @dataclass
@@ -125,6 +126,10 @@ class SemanticConfig:
     mixed_precision: bool = False
     seed: int = 0
     model_options: dict = field(default_factory=dict)
+    steps_per_epoch: int | None = None
+    steps_per_epoch_by_model: dict = field(default_factory=dict)
+    lr_schedule: str = "constant"
+    batchnorm_momentum: float | None = None
     metrics: list[str] = field(default_factory=lambda: list(SEMANTIC_METRICS))
     figure_images: int = 3
 
@@ -139,6 +144,16 @@ class SemanticConfig:
                  f"must be a multiple of 32 and at least 32 (the encoders downsample 5 times), got {self.image_size}")
         _require(self.epochs >= 1, where, "epochs", f"must be at least 1, got {self.epochs}")
         _require(self.batch_size >= 1, where, "batch_size", f"must be at least 1, got {self.batch_size}")
+        _require(self.steps_per_epoch is None or self.steps_per_epoch >= 1, where, "steps_per_epoch",
+                 f"must be at least 1 or none (one pass over the training images), got {self.steps_per_epoch}")
+        for name, steps in self.steps_per_epoch_by_model.items():
+            _require(name in SEMANTIC_MODELS, where, "steps_per_epoch_by_model", f"unknown model '{name}'; valid: {', '.join(SEMANTIC_MODELS)}")
+            _require(isinstance(steps, int) and not isinstance(steps, bool) and steps >= 1, where,
+                     f"steps_per_epoch_by_model.{name}", f"must be a positive whole number, got {steps!r}")
+        _require(self.lr_schedule in LR_SCHEDULES, where, "lr_schedule",
+                 f"must be one of {', '.join(LR_SCHEDULES)} (constant: the paper's plain Adam), got '{self.lr_schedule}'")
+        _require(self.batchnorm_momentum is None or 0.0 <= self.batchnorm_momentum < 1.0, where, "batchnorm_momentum",
+                 f"must be in [0, 1) or none (Keras's 0.99), got {self.batchnorm_momentum}")
         _require(self.encoder_weights in (None, "imagenet"), where, "encoder_weights",
                  f"must be 'imagenet' or none (random initialisation), got '{self.encoder_weights}'")
         for name, options in self.model_options.items():
@@ -279,6 +294,7 @@ class InstanceConfig:
     detections_per_image: int = 300
     device: str = "auto"
     seed: int = 0
+    model_options: dict = field(default_factory=dict)
     sam: SamConfig = field(default_factory=SamConfig)
     sam_finetune: SamFinetuneConfig = field(default_factory=SamFinetuneConfig)
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)

@@ -254,14 +254,16 @@ def build_steps(settings: Settings) -> list[Step]:
 
 
 REPORT_READS = ("name", "description", "semantic", "instance", "stats")  # its settings section shows them all
-SEMANTIC_TRAINING = ("image_size", "epochs", "batch_size", "encoder_weights", "augment", "mixed_precision", "seed")
+SEMANTIC_TRAINING = ("image_size", "epochs", "batch_size", "encoder_weights", "augment", "mixed_precision", "seed",
+                     "steps_per_epoch", "lr_schedule", "batchnorm_momentum")
 
 
 def _semantic_steps(settings: Settings) -> list[Step]:
     models = list(settings.semantic.models)
     trains = [
         Step(f"semantic_train_{model}", ("split",), lambda lay, model=model: [lay.semantic_model(model)],
-             tuple(f"semantic.{key}" for key in SEMANTIC_TRAINING) + (f"semantic.model_options.{model}",),
+             tuple(f"semantic.{key}" for key in SEMANTIC_TRAINING)
+             + (f"semantic.model_options.{model}", f"semantic.steps_per_epoch_by_model.{model}"),
              lambda ctx, model=model: semantic_train_step(ctx, model), Framework.TENSORFLOW, resumable=True)
         for model in models
     ]
@@ -286,7 +288,7 @@ def _instance_steps(settings: Settings) -> list[Step]:
     steps = [
         Step("instance_train", ("split",), lambda lay: [lay.maskrcnn],
              tuple(f"instance.{key}" for key in ("image_size", "epochs", "batch_size", "lr", "weight_decay", "weights",
-                                                 "detections_per_image", "seed", "device")),
+                                                 "detections_per_image", "seed", "device", "model_options")),
              instance_train_step, Framework.TORCH, resumable=True),
         Step("instance_predict", ("instance_train",), lambda lay: [lay.prediction("gt"), lay.prediction("maskrcnn")],
              ("instance.device",), instance_predict_step, Framework.TORCH),
@@ -363,7 +365,8 @@ def semantic_train_step(ctx: Context, model: str) -> None:
         image_size=s.image_size, epochs=s.epochs, batch_size=s.batch_size, encoder_weights=s.encoder_weights,
         augment=s.augment, resume=ctx.resume, overwrite=ctx.overwrite, quiet=True,
         mixed_precision=s.mixed_precision, seed=s.seed, split_path=str(ctx.layout.split_json("semantic")),
-        model_options=dict(s.model_options.get(model, {})),
+        model_options=dict(s.model_options.get(model, {})), steps_per_epoch=s.steps_per_epoch_by_model.get(model) or s.steps_per_epoch, lr_schedule=s.lr_schedule,
+        batchnorm_momentum=s.batchnorm_momentum,
     )
     print(f"{model}: status {result.get('status')}, best epoch {result.get('best_epoch')}")
 
@@ -438,6 +441,7 @@ def instance_train_step(ctx: Context) -> None:
         image_size=i.image_size, epochs=i.epochs, batch_size=i.batch_size, lr=i.lr, weight_decay=i.weight_decay,
         weights=i.weights, detections_per_image=i.detections_per_image, resume=ctx.resume, overwrite=ctx.overwrite,
         device=_device(i.device), seed=i.seed, quiet=True, split_path=str(ctx.layout.split_json("instance")),
+        model_options=dict(i.model_options),
     )
     print(f"maskrcnn: status {result.get('status')}, best epoch {result.get('best_epoch')}")
 

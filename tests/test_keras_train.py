@@ -293,3 +293,38 @@ def test_saved_adam_state_is_restored_exactly(tmp_path):
     assert int(restored[0]) == 6
     for a, b in zip(saved, restored):
         np.testing.assert_array_equal(a, b)
+
+
+def test_cosine_schedule_falls_from_the_adam_default_to_zero_over_the_run():
+    from keras_semseg.train import make_optimizer
+
+    schedule = make_optimizer("cosine", total_steps=80).learning_rate
+    assert float(schedule(0)) == pytest.approx(1e-3)
+    assert float(schedule(40)) == pytest.approx(0.5e-3, rel=1e-5)
+    assert float(schedule(80)) == pytest.approx(0.0, abs=1e-9)
+    assert float(make_optimizer().learning_rate) == pytest.approx(1e-3)
+
+
+def test_batchnorm_momentum_reaches_nested_models():
+    import tensorflow as tf
+
+    from keras_semseg.train import set_batchnorm_momentum
+
+    inner = tf.keras.Sequential([tf.keras.layers.Conv2D(2, 3), tf.keras.layers.BatchNormalization()])
+    outer = tf.keras.Sequential([tf.keras.Input((8, 8, 3)), inner, tf.keras.layers.BatchNormalization()])
+    assert set_batchnorm_momentum(outer, 0.9) == 2
+    assert [layer.momentum for layer in (inner.layers[1], outer.layers[1])] == [0.9, 0.9]
+
+
+def test_steps_per_epoch_repeats_the_training_images(synthetic, tmp_path):
+    dataset, split = synthetic
+    settings = {**SETTINGS, "epochs": 2, "steps_per_epoch": 5, "lr_schedule": "cosine", "batchnorm_momentum": 0.5}
+    record = train_model("segnet", dataset, split, tmp_path / "run", **settings)
+    assert record["status"] == "finished" and record["epochs_done"] == 2
+    assert record["settings"]["steps_per_epoch"] == 5 and record["settings"]["lr_schedule"] == "cosine"
+    assert record["settings"]["batchnorm_momentum"] == 0.5 and "cosine" in record["settings"]["optimizer"]
+    with pytest.raises(SemsegError, match="learning-rate schedule 'step'"):
+        train_model("segnet", dataset, split, tmp_path / "never", **{**settings, "lr_schedule": "step"})
+    with pytest.raises(SemsegError, match="steps per epoch"):
+        train_model("segnet", dataset, split, tmp_path / "never", **{**settings, "steps_per_epoch": 0})
+    assert not (tmp_path / "never").exists()

@@ -235,3 +235,14 @@ def test_bad_weights_path_is_an_instseg_error(tmp_path):
     torch.save({"something": torch.zeros(3)}, tmp_path / "other.pth")
     with pytest.raises(InstsegError, match="not a Mask R-CNN state dict"):
         M.build_maskrcnn(tmp_path / "other.pth")
+
+
+def test_anchor_sizes_option_sets_one_size_per_fpn_level():
+    model = M.build_maskrcnn("none", min_size=64, max_size=64, anchor_sizes=[16, 32, 64, 128, 256])
+    generator = model.rpn.anchor_generator
+    assert [tuple(sizes) for sizes in generator.sizes] == [(16.0,), (32.0,), (64.0,), (128.0,), (256.0,)]
+    assert generator.num_anchors_per_location() == [3] * 5
+    with pytest.raises(InstsegError, match="anchor_sizes must be 5 positive sizes"):
+        M.build_maskrcnn("none", anchor_sizes=[16, 32])
+    with pytest.raises(InstsegError, match="anchor_sizes must be a list"):
+        M.build_maskrcnn("none", anchor_sizes=["big"] * 5)

@@ -35,12 +35,14 @@ def test_presets_load_and_match_top_level_copies():
     assert paper.instance.weights == "coco" and paper.instance.sam.variant == "vit_h"
     assert paper.instance.evaluation.max_dets[101] == 100 and paper.instance.evaluation.max_dets[11] > 100
     assert paper.untrained == []
+    assert (paper.semantic.steps_per_epoch, paper.semantic.lr_schedule, paper.semantic.batchnorm_momentum) == (None, "constant", None)
+    assert paper.instance.model_options == {}
 
 
 def test_small_is_the_default_and_untrained_is_labelled():
     settings = load_config(None)
     assert settings.name == "small"
-    assert settings.semantic.dataset.synthetic is not None and settings.instance.dataset.synthetic.density == "dense"
+    assert settings.semantic.dataset.synthetic is not None and settings.instance.dataset.synthetic.density == "sparse"
     assert settings.semantic.encoder_weights is None and settings.instance.weights is None
     assert settings.instance.sam.checkpoint is None
     assert len(settings.untrained) == 4 and settings.synthetic
@@ -61,6 +63,9 @@ def test_unknown_key_names_the_key_and_suggests(tmp_path):
     ("semantic:\n  epochs: ten\n", "semantic.epochs: must be a whole number"),
     ("semantic:\n  models: [unet, segnett]\n", "did you mean 'segnet'"),
     ("semantic:\n  image_size: 100\n", "semantic.image_size: must be a multiple of 32"),
+    ("semantic:\n  lr_schedule: step\n", "semantic.lr_schedule: must be one of constant, cosine"),
+    ("semantic:\n  steps_per_epoch: 0\n", "semantic.steps_per_epoch: must be at least 1"),
+    ("semantic:\n  batchnorm_momentum: 1.5\n", "semantic.batchnorm_momentum: must be in [0, 1)"),
     ("instance:\n  sam:\n    modes: [box, points]\n", "instance.sam.modes: unknown prompt mode 'points'"),
     ("instance:\n  evaluation:\n    interpolations: [11, 40]\n", "unknown interpolation 40"),
     ("instance:\n  dataset:\n    path: a\n    synthetic: {n_images: 4}\n", "give exactly one of 'path'"),

@@ -47,7 +47,7 @@ def _declared(steps) -> list[tuple[str, str]]:
 def test_every_declared_setting_exists(preset):
     settings = load_config(preset)
     for step, name in _declared(build_steps(settings)):
-        parent = name.rsplit(".", 1)[0] if name.count(".") > 1 and "model_options" in name else name
+        parent = name.rsplit(".", 1)[0] if name.count(".") > 1 and ("model_options" in name or "_by_model" in name) else name
         assert setting_value(settings, parent, _MISSING) is not _MISSING, f"{step} declares unknown setting {name}"
 
 

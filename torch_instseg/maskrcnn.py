@@ -253,12 +253,22 @@ def build_maskrcnn(
     weights either) or a path to a .pth (COCO-shaped or already ``num_classes``-shaped).
     min_size/max_size: the model's internal resize (torchvision's GeneralizedRCNNTransform).
     model_options: more keyword arguments of torchvision's ``MaskRCNN`` (for example
-    ``box_batch_size_per_image`` or ``rpn_post_nms_top_n_train``, to make CPU runs cheaper).
+    ``box_batch_size_per_image`` or ``rpn_post_nms_top_n_train``, to make CPU runs cheaper),
+    and ``anchor_sizes``: 5 anchor sizes in pixels, one per FPN level (default 32-512).
     """
     import_torch()
+    options = {"box_detections_per_img": int(detections_per_image), "min_size": int(min_size), "max_size": int(max_size),
+               **model_options}
+    anchors = _anchor_generator(options.pop("anchor_sizes", None))
+    model = _build_network(weights, num_classes, download, options)
+    if anchors is not None:
+        model.rpn.anchor_generator = anchors
+    return model
+
+
+def _build_network(weights: str | os.PathLike | None, num_classes: int, download: bool, options: dict[str, Any]):
     from torchvision.models.detection import MaskRCNN_ResNet50_FPN_V2_Weights, maskrcnn_resnet50_fpn_v2
 
-    options = {"box_detections_per_img": int(detections_per_image), "min_size": int(min_size), "max_size": int(max_size), **model_options}
     source = weights_source(weights)
     if source == "coco":
         ensure_coco_weights(download)
@@ -284,6 +294,26 @@ def build_maskrcnn(
     if file_classes != num_classes:
         _replace_predictors(model, num_classes)
     return model
+
+
+def _anchor_generator(sizes: Any):
+    """The RPN's anchors for ``sizes`` (one size in pixels per FPN level, 5 levels); None keeps torchvision's 32-512.
+
+    The anchors keep torchvision's aspect ratios (0.5, 1, 2), so the RPN head's shape, and any
+    checkpoint, stay the same; sizes matched to the cells (for example 16-256 for cells
+    15-40 px across) replace torchvision's 32-512.
+    """
+    if sizes is None:
+        return None
+    try:
+        sizes = tuple(float(size) for size in sizes)
+    except (TypeError, ValueError):
+        raise InstsegError(f"anchor_sizes must be a list of 5 sizes in pixels, got {sizes!r}") from None
+    if len(sizes) != 5 or not all(size > 0 for size in sizes):
+        raise InstsegError(f"anchor_sizes must be 5 positive sizes in pixels (one per FPN level), got {list(sizes)}")
+    from torchvision.models.detection.anchor_utils import AnchorGenerator
+
+    return AnchorGenerator(tuple((size,) for size in sizes), ((0.5, 1.0, 2.0),) * len(sizes))
 
 
 def freeze_batchnorm(model) -> None:

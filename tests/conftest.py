@@ -56,3 +56,32 @@ def synthetic_folder(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("synthetic")
     write_dataset(folder, n_images=12, size=64, density="sparse", seed=0)
     return folder
+
+
+@pytest.fixture(scope="module")
+def torch_one_thread():
+    """One torch thread for a module: on a shared 2-core machine torch's thread pool spins, and one thread is faster."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
+def offline(tmp_path, monkeypatch) -> Path:
+    """No network and empty Keras, torch and SAM caches under ``tmp_path``: every pretrained file is missing."""
+    import keras_semseg.weights
+    import torch_instseg.weights
+
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setenv("MSCSEG_SAM_DIR", str(tmp_path / "sam"))
+    monkeypatch.setattr(keras_semseg.weights, "_can_reach", lambda *args, **kwargs: False)
+
+    def no_network(url, destination):
+        raise OSError("offline")
+
+    monkeypatch.setattr(torch_instseg.weights, "_download", no_network)
+    return tmp_path

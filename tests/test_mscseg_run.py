@@ -202,19 +202,7 @@ def test_bad_config_exits_2_with_one_line(tmp_path, capsys):
     assert not (tmp_path / "r").exists()
 
 
-def test_missing_pretrained_weights_stop_the_run_before_any_step(tmp_path, monkeypatch, capsys):
-    import keras_semseg.weights
-    import torch_instseg.weights
-
-    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
-    monkeypatch.setenv("MSCSEG_SAM_DIR", str(tmp_path / "sam"))
-    monkeypatch.setattr(keras_semseg.weights, "_can_reach", lambda *args, **kwargs: False)
-
-    def offline(url, destination):
-        raise OSError("offline")
-
-    monkeypatch.setattr(torch_instseg.weights, "_download", offline)
+def test_missing_pretrained_weights_stop_the_run_before_any_step(tmp_path, offline, capsys):
     config = tmp_path / "paper_synthetic.yaml"
     synthetic = "  dataset: {synthetic: {n_images: 8, size: 64}}\n"
     sam = "  sam: {checkpoint: default}\n"

@@ -3,27 +3,12 @@ from __future__ import annotations
 
 import pytest
 
-import keras_semseg.weights
 import torch_instseg.weights
 from mscseg import run as runner
 from mscseg.config import load_config
 from mscseg.errors import RunError
 from mscseg.pretrained import check_pretrained, missing_pretrained
 from torch_instseg.errors import InstsegError
-
-
-@pytest.fixture
-def offline(tmp_path, monkeypatch):
-    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
-    monkeypatch.setenv("MSCSEG_SAM_DIR", str(tmp_path / "sam"))
-    monkeypatch.setattr(keras_semseg.weights, "_can_reach", lambda *args, **kwargs: False)
-
-    def no_network(url, destination):
-        raise OSError("offline")
-
-    monkeypatch.setattr(torch_instseg.weights, "_download", no_network)
-    return tmp_path
 
 
 def _paper(tmp_path, extra: str = ""):

@@ -21,12 +21,7 @@ FAST = dict(variant="vit_tiny", checkpoint="none", epochs=1, lr=3e-3, prompts_pe
 TINY_EPOCHS = 4  # 3 images x 4 epochs: the loss on fixed prompts drops 0.99 -> 0.96 (after 2 epochs only by 0.002)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 # ---------------------------------------------------------------- prompt sampling

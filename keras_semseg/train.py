@@ -38,6 +38,7 @@ RUN_FILES = (RUN_JSON, HISTORY_CSV, "best.weights.h5", "last.weights.h5", "last.
 RESUME_KEYS = ("model", "image_size", "batch_size", "encoder_weights", "augment", "mixed_precision", "seed", "model_options",
                "steps_per_epoch", "lr_schedule", "batchnorm_momentum")
 LR_SCHEDULES = ("constant", "cosine")
+EVAL_WEIGHTS = ("best", "last")
 
 
 @dataclass
@@ -56,6 +57,7 @@ class TrainSettings:
     steps_per_epoch: int | None = None
     lr_schedule: str = "constant"
     batchnorm_momentum: float | None = None
+    eval_weights: str = "best"
 
     def checked(self) -> "TrainSettings":
         """A copy with checked values; ``SemsegError`` for an unknown model, size, epochs or batch size."""
@@ -72,6 +74,8 @@ class TrainSettings:
             raise SemsegError(f"unknown learning-rate schedule '{self.lr_schedule}'; valid: {', '.join(LR_SCHEDULES)}")
         if self.batchnorm_momentum is not None and not 0.0 <= float(self.batchnorm_momentum) < 1.0:
             raise SemsegError(f"batch-norm momentum must be in [0, 1) or none, got {self.batchnorm_momentum}")
+        if self.eval_weights not in EVAL_WEIGHTS:
+            raise SemsegError(f"eval_weights must be one of {', '.join(EVAL_WEIGHTS)}, got '{self.eval_weights}'")
         return replace(self, image_size=size, epochs=int(self.epochs), batch_size=int(self.batch_size),
                        steps_per_epoch=None if self.steps_per_epoch is None else int(self.steps_per_epoch), lr_schedule=schedule,
                        seed=int(self.seed), augment=bool(self.augment), mixed_precision=bool(self.mixed_precision),
@@ -435,7 +439,8 @@ def train_model(
         record.write(out_dir)
         wall_before = record.wall_time_s
         fit_epochs(model, batches, settings, record, out_dir, quiet, started, wall_before)
-        model.load_weights(str(out_dir / "best.weights.h5"))
+        model.load_weights(str(out_dir / f"{settings.eval_weights}.weights.h5"))
+        record.details["probs_weights"] = f"{settings.eval_weights}.weights.h5"
         probs = write_probs(model, dataset, val, settings.image_size, out_dir / "probs", settings.batch_size)
         record.details["probs"] = len(probs)
         record.status, record.wall_time_s = "finished", round(wall_before + time.perf_counter() - started, 1)

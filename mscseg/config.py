@@ -48,6 +48,7 @@ SAM_PROMPT_SOURCES = PROMPT_SOURCES
 DENSITY_NAMES = ("sparse", "medium", "dense")
 POSTHOC_TESTS = tuple(POSTHOC_REGISTRY)
 LR_SCHEDULES = ("constant", "cosine")
+INSTANCE_LR_SCHEDULES = ("plateau", "cosine")
 
 
 @dataclass
@@ -130,6 +131,7 @@ class SemanticConfig:
     steps_per_epoch_by_model: dict = field(default_factory=dict)
     lr_schedule: str = "constant"
     batchnorm_momentum: float | None = None
+    eval_weights: str = "best"
     metrics: list[str] = field(default_factory=lambda: list(SEMANTIC_METRICS))
     figure_images: int = 3
 
@@ -154,6 +156,8 @@ class SemanticConfig:
                  f"must be one of {', '.join(LR_SCHEDULES)} (constant: the paper's plain Adam), got '{self.lr_schedule}'")
         _require(self.batchnorm_momentum is None or 0.0 <= self.batchnorm_momentum < 1.0, where, "batchnorm_momentum",
                  f"must be in [0, 1) or none (Keras's 0.99), got {self.batchnorm_momentum}")
+        _require(self.eval_weights in ("best", "last"), where, "eval_weights",
+                 f"must be best (lowest validation loss, the default) or last (the final epoch), got '{self.eval_weights}'")
         _require(self.encoder_weights in (None, "imagenet"), where, "encoder_weights",
                  f"must be 'imagenet' or none (random initialisation), got '{self.encoder_weights}'")
         for name, options in self.model_options.items():
@@ -215,6 +219,7 @@ class SamFinetuneConfig:
     positive_points: int = 1
     negative_points: int = 1
     point_probability: float = 0.5
+    mask_prompt_probability: float = 0.0
     focal_weight: float | None = None
     dice_weight: float = 1.0
     seed: int = 0
@@ -231,7 +236,8 @@ class SamFinetuneConfig:
         _require(self.prompts_per_image >= 1, where, "prompts_per_image", f"must be at least 1, got {self.prompts_per_image}")
         for key in ("iterations", "positive_points", "negative_points"):
             _require(getattr(self, key) >= 0, where, key, f"must be zero or more, got {getattr(self, key)}")
-        _require(0.0 <= self.point_probability <= 1.0, where, "point_probability", f"must be between 0 and 1, got {self.point_probability}")
+        for key in ("point_probability", "mask_prompt_probability"):
+            _require(0.0 <= getattr(self, key) <= 1.0, where, key, f"must be between 0 and 1, got {getattr(self, key)}")
         _require(self.focal_weight is None or self.focal_weight >= 0, where, "focal_weight", f"must be zero or positive (or null: automatic), got {self.focal_weight}")
         _require(self.dice_weight >= 0, where, "dice_weight", f"must be zero or positive, got {self.dice_weight}")
         _require(self.max_minutes is None or self.max_minutes > 0, where, "max_minutes", f"must be positive (or null), got {self.max_minutes}")
@@ -292,9 +298,11 @@ class InstanceConfig:
     weight_decay: float = 0.0005
     weights: str | None = "coco"
     detections_per_image: int = 300
+    score_threshold: float = 0.05
     device: str = "auto"
     seed: int = 0
     model_options: dict = field(default_factory=dict)
+    lr_schedule: str = "plateau"
     sam: SamConfig = field(default_factory=SamConfig)
     sam_finetune: SamFinetuneConfig = field(default_factory=SamFinetuneConfig)
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
@@ -308,8 +316,12 @@ class InstanceConfig:
         _require(self.batch_size >= 1, where, "batch_size", f"must be at least 1, got {self.batch_size}")
         _require(self.lr > 0, where, "lr", f"must be positive, got {self.lr}")
         _require(self.weight_decay >= 0, where, "weight_decay", f"must be zero or positive, got {self.weight_decay}")
+        _require(self.lr_schedule in INSTANCE_LR_SCHEDULES, where, "lr_schedule",
+                 f"must be one of {', '.join(INSTANCE_LR_SCHEDULES)} (plateau: the paper's), got '{self.lr_schedule}'")
         _require(self.weights in (None, "coco"), where, "weights", f"must be 'coco' or none (random initialisation), got '{self.weights}'")
         _require(self.detections_per_image >= 1, where, "detections_per_image", f"must be at least 1, got {self.detections_per_image}")
+        _require(0.0 <= self.score_threshold < 1.0, where, "score_threshold",
+                 f"must be at least 0 and below 1 (the Mask R-CNN score a detection needs to be kept), got {self.score_threshold}")
         _require(self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"), where, "device",
                  f"must be auto, cpu, cuda or cuda:N, got '{self.device}'")
         self.sam.check(f"{where}.sam")

@@ -255,7 +255,7 @@ def build_steps(settings: Settings) -> list[Step]:
 
 REPORT_READS = ("name", "description", "semantic", "instance", "stats")  # its settings section shows them all
 SEMANTIC_TRAINING = ("image_size", "epochs", "batch_size", "encoder_weights", "augment", "mixed_precision", "seed",
-                     "steps_per_epoch", "lr_schedule", "batchnorm_momentum")
+                     "steps_per_epoch", "lr_schedule", "batchnorm_momentum", "eval_weights")
 
 
 def _semantic_steps(settings: Settings) -> list[Step]:
@@ -288,10 +288,11 @@ def _instance_steps(settings: Settings) -> list[Step]:
     steps = [
         Step("instance_train", ("split",), lambda lay: [lay.maskrcnn],
              tuple(f"instance.{key}" for key in ("image_size", "epochs", "batch_size", "lr", "weight_decay", "weights",
-                                                 "detections_per_image", "seed", "device", "model_options")),
+                                                 "detections_per_image", "seed", "device", "model_options",
+                                                 "lr_schedule")),
              instance_train_step, Framework.TORCH, resumable=True),
         Step("instance_predict", ("instance_train",), lambda lay: [lay.prediction("gt"), lay.prediction("maskrcnn")],
-             ("instance.device",), instance_predict_step, Framework.TORCH),
+             ("instance.device", "instance.score_threshold"), instance_predict_step, Framework.TORCH),
         Step("instance_sam", ("instance_predict",), lambda lay: [lay.prediction(f"sam_{mode}") for mode in modes],
              ("instance.sam.variant", "instance.sam.checkpoint", "instance.sam.modes", "instance.sam.score",
               "instance.device"), instance_sam_step, Framework.TORCH),
@@ -366,7 +367,7 @@ def semantic_train_step(ctx: Context, model: str) -> None:
         augment=s.augment, resume=ctx.resume, overwrite=ctx.overwrite, quiet=True,
         mixed_precision=s.mixed_precision, seed=s.seed, split_path=str(ctx.layout.split_json("semantic")),
         model_options=dict(s.model_options.get(model, {})), steps_per_epoch=s.steps_per_epoch_by_model.get(model) or s.steps_per_epoch, lr_schedule=s.lr_schedule,
-        batchnorm_momentum=s.batchnorm_momentum,
+        batchnorm_momentum=s.batchnorm_momentum, eval_weights=s.eval_weights,
     )
     print(f"{model}: status {result.get('status')}, best epoch {result.get('best_epoch')}")
 
@@ -441,7 +442,7 @@ def instance_train_step(ctx: Context) -> None:
         image_size=i.image_size, epochs=i.epochs, batch_size=i.batch_size, lr=i.lr, weight_decay=i.weight_decay,
         weights=i.weights, detections_per_image=i.detections_per_image, resume=ctx.resume, overwrite=ctx.overwrite,
         device=_device(i.device), seed=i.seed, quiet=True, split_path=str(ctx.layout.split_json("instance")),
-        model_options=dict(i.model_options),
+        model_options=dict(i.model_options), lr_schedule=i.lr_schedule,
     )
     print(f"maskrcnn: status {result.get('status')}, best epoch {result.get('best_epoch')}")
 
@@ -458,7 +459,8 @@ def instance_predict_step(ctx: Context) -> None:
     gt = dataset_to_coco(ctx.samples("instance", names))
     write_coco(ctx.layout.prediction("gt"), gt)
     predict_to_coco(ctx.layout.maskrcnn, ctx.dataset("instance"), names, gt, ctx.layout.prediction("maskrcnn"),
-                    device=_device(ctx.settings.instance.device), overwrite=ctx.overwrite)
+                    device=_device(ctx.settings.instance.device), overwrite=ctx.overwrite,
+                    score_threshold=ctx.settings.instance.score_threshold)
     print(f"{len(names)} validation images: gt.json, maskrcnn.json -> {ctx.layout.predictions}")
 
 

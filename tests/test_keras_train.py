@@ -318,13 +318,17 @@ def test_batchnorm_momentum_reaches_nested_models():
 
 def test_steps_per_epoch_repeats_the_training_images(synthetic, tmp_path):
     dataset, split = synthetic
-    settings = {**SETTINGS, "epochs": 2, "steps_per_epoch": 5, "lr_schedule": "cosine", "batchnorm_momentum": 0.5}
+    settings = {**SETTINGS, "epochs": 2, "steps_per_epoch": 5, "lr_schedule": "cosine", "batchnorm_momentum": 0.5,
+                "eval_weights": "last"}
     record = train_model("segnet", dataset, split, tmp_path / "run", **settings)
     assert record["status"] == "finished" and record["epochs_done"] == 2
+    assert record["details"]["probs_weights"] == "last.weights.h5" and record["settings"]["eval_weights"] == "last"
     assert record["settings"]["steps_per_epoch"] == 5 and record["settings"]["lr_schedule"] == "cosine"
     assert record["settings"]["batchnorm_momentum"] == 0.5 and "cosine" in record["settings"]["optimizer"]
     with pytest.raises(SemsegError, match="learning-rate schedule 'step'"):
         train_model("segnet", dataset, split, tmp_path / "never", **{**settings, "lr_schedule": "step"})
     with pytest.raises(SemsegError, match="steps per epoch"):
         train_model("segnet", dataset, split, tmp_path / "never", **{**settings, "steps_per_epoch": 0})
+    with pytest.raises(SemsegError, match="eval_weights must be one of best, last"):
+        train_model("segnet", dataset, split, tmp_path / "never", **{**settings, "eval_weights": "middle"})
     assert not (tmp_path / "never").exists()

@@ -240,3 +240,62 @@ def test_anchor_sizes_option_sets_one_size_per_fpn_level():
         M.build_maskrcnn("none", anchor_sizes=[16, 32])
     with pytest.raises(InstsegError, match="anchor_sizes must be a list"):
         M.build_maskrcnn("none", anchor_sizes=["big"] * 5)
+
+
+def test_head_channels_narrow_the_box_and_mask_heads(tmp_path):
+    model = M.build_maskrcnn("none", min_size=64, max_size=64, head_channels=16)
+    box_convs = [m for m in model.roi_heads.box_head.modules() if isinstance(m, torch.nn.Conv2d)]
+    mask_convs = [m for m in model.roi_heads.mask_head.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert [c.out_channels for c in box_convs] == [16] * 4 and box_convs[0].in_channels == 256
+    assert [c.out_channels for c in mask_convs] == [16] * 4
+    assert model.roi_heads.box_predictor.cls_score.out_features == 2
+    assert model.roi_heads.mask_predictor.conv5_mask.in_channels == 16
+    torch.save(model.state_dict(), tmp_path / "narrow.pth")
+    again = M.build_maskrcnn(tmp_path / "narrow.pth", min_size=64, max_size=64, head_channels=16)
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, again.state_dict()[key]), key
+    with pytest.raises(InstsegError, match="do not fit"):
+        M.build_maskrcnn(tmp_path / "narrow.pth", min_size=64, max_size=64)
+    default = M.build_maskrcnn("none", min_size=64, max_size=64, head_channels=256)
+    assert default.roi_heads.mask_predictor.conv5_mask.in_channels == 256
+
+
+def test_head_channels_refused_with_coco_weights_and_bad_values():
+    with pytest.raises(InstsegError, match="COCO heads have 256 channels"):
+        M.build_maskrcnn("coco", head_channels=64, download=False)
+    for bad in (0, -3, 2.5, "wide", True):
+        with pytest.raises(InstsegError, match="head_channels must be a positive whole number"):
+            M.build_maskrcnn("none", head_channels=bad)
+
+
+def test_warmup_then_cosine_known_answer():
+    parameter = torch.nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.SGD([parameter], lr=0.5)
+    step = M.make_warmup(optimizer, total=2, start_iteration=0, decay_until=6, base_lr=1.0)
+    seen = []
+    for _ in range(7):
+        step()
+        seen.append(optimizer.param_groups[0]["lr"])
+    np.testing.assert_allclose(seen, [0.001, 0.5005, 1.0, 0.5 * (1 + np.cos(np.pi / 4)), 0.5, 0.5 * (1 + np.cos(3 * np.pi / 4)), 0.0],
+                               atol=1e-12)
+    resumed = M.make_warmup(optimizer, total=2, start_iteration=4, decay_until=6, base_lr=1.0)
+    resumed()
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(0.5)
+
+
+def test_plateau_schedule_leaves_the_lr_after_warmup():
+    parameter = torch.nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.SGD([parameter], lr=0.2)
+    step = M.make_warmup(optimizer, total=1, start_iteration=0)
+    step()
+    step()
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(0.2)
+    optimizer.param_groups[0]["lr"] = 0.02
+    step()
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(0.02)
+
+
+def test_unknown_lr_schedule_is_refused():
+    with pytest.raises(InstsegError, match="lr_schedule must be one of plateau, cosine"):
+        M.MaskRCNNSettings(lr_schedule="step").checked()
+    assert M.MaskRCNNSettings(lr_schedule="cosine").checked().to_record()["scheduler"].startswith("cosine")

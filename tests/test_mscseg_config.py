@@ -37,6 +37,8 @@ def test_presets_load_and_match_top_level_copies():
     assert paper.untrained == []
     assert (paper.semantic.steps_per_epoch, paper.semantic.lr_schedule, paper.semantic.batchnorm_momentum) == (None, "constant", None)
     assert paper.instance.model_options == {}
+    assert (paper.instance.lr_schedule, paper.instance.score_threshold, paper.semantic.eval_weights) == ("plateau", 0.05, "best")
+    assert paper.instance.sam_finetune.mask_prompt_probability == 0.0
 
 
 def test_small_is_the_default_and_untrained_is_labelled():
@@ -66,6 +68,10 @@ def test_unknown_key_names_the_key_and_suggests(tmp_path):
     ("semantic:\n  lr_schedule: step\n", "semantic.lr_schedule: must be one of constant, cosine"),
     ("semantic:\n  steps_per_epoch: 0\n", "semantic.steps_per_epoch: must be at least 1"),
     ("semantic:\n  batchnorm_momentum: 1.5\n", "semantic.batchnorm_momentum: must be in [0, 1)"),
+    ("semantic:\n  eval_weights: middle\n", "semantic.eval_weights: must be best"),
+    ("instance:\n  lr_schedule: step\n", "instance.lr_schedule: must be one of plateau, cosine"),
+    ("instance:\n  score_threshold: 1.0\n", "instance.score_threshold: must be at least 0 and below 1"),
+    ("instance:\n  sam_finetune:\n    mask_prompt_probability: 2\n", "instance.sam_finetune.mask_prompt_probability: must be between 0 and 1"),
     ("instance:\n  sam:\n    modes: [box, points]\n", "instance.sam.modes: unknown prompt mode 'points'"),
     ("instance:\n  evaluation:\n    interpolations: [11, 40]\n", "unknown interpolation 40"),
     ("instance:\n  dataset:\n    path: a\n    synthetic: {n_images: 4}\n", "give exactly one of 'path'"),

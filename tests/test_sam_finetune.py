@@ -359,11 +359,47 @@ def test_cli_refuses_a_resume_with_changed_settings(tmp_path, capsys):
 
 
 def test_bad_settings_are_listed_in_one_error():
-    settings = F.FinetuneSettings(trainable="encoder", epochs=0, point_probability=2.0)
+    settings = F.FinetuneSettings(trainable="encoder", epochs=0, point_probability=2.0, mask_prompt_probability=-0.1)
     with pytest.raises(MscsegError) as caught:
         settings.check()
     message = str(caught.value)
     assert "unknown trainable part 'encoder'" in message and "epochs must be at least 1" in message and "point_probability" in message
+    assert "mask_prompt_probability must be between 0 and 1" in message
+
+
+def test_detector_like_masks_are_logits_near_each_instance():
+    targets = np.zeros((2, 16, 16), bool)
+    targets[0, 4:10, 4:10] = True
+    targets[1, 12, 12] = True
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        logits = F.detector_like_masks(targets, rng)
+        assert logits.shape == (2, 1, 16, 16) and logits.dtype == np.float32
+        bound = math.log((1 - 1e-3) / 1e-3)
+        assert np.all(np.abs(logits) <= bound + 1e-4)
+        inside = logits[:, 0] > 0
+        assert inside[0, 6:8, 6:8].all() and not inside[0, :2].any() and not inside[0, :, 13:].any()
+        assert not inside[1, :8].any()
+
+
+def test_mask_prompt_rounds_train_with_a_mask_input(tiny_data):
+    dataset, split = tiny_data
+    settings = F.FinetuneSettings(**dict(FAST, iterations=0, mask_prompt_probability=1.0))
+    settings.check()
+    sam = F.build_for_training(settings, "cpu")
+    image = F.prepare_image(dataset.subset(split["train"])[0], 256)
+    seen = []
+    original = sam.prompt_encoder.forward
+
+    def spy(points, boxes, masks):
+        seen.append(masks)
+        return original(points, boxes, masks)
+
+    sam.prompt_encoder.forward = spy
+    embedding = F.embed_all(sam, dataset, split["train"][:1])[image.name]
+    loss, _ = F.prompt_rounds(sam, embedding, image, np.arange(min(2, len(image.targets))), settings, np.random.default_rng(0))
+    assert len(seen) == 1 and seen[0] is not None and tuple(seen[0].shape[1:]) == (1, 64, 64)
+    assert math.isfinite(float(loss))
 
 
 # ---------------------------------------------------------------- config presets

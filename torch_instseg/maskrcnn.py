@@ -43,9 +43,12 @@ LOSS_COMPONENTS = ("loss_classifier", "loss_box_reg", "loss_mask", "loss_objectn
 RUN_FILES = (RUN_JSON, HISTORY_CSV, "best.pt", "last.pt")
 DEFAULT_MIN_SIZE = 800
 DEFAULT_MAX_SIZE = 1333
+LR_SCHEDULES = ("plateau", "cosine")
+V2_HEAD_CHANNELS = 256
 RESUME_MUST_MATCH = (
     "image_size", "batch_size", "lr", "weight_decay", "weights", "detections_per_image", "seed",
     "min_size", "max_size", "plateau_factor", "plateau_patience", "warmup_iters", "augmentation", "model_options",
+    "lr_schedule",
 )
 
 
@@ -209,6 +212,35 @@ def _replace_predictors(model, num_classes: int) -> None:
     model.roi_heads.mask_predictor = MaskRCNNPredictor(mask_features, 256, num_classes)
 
 
+def _narrow_heads(model, channels: int, num_classes: int) -> None:
+    """Replace the v2 box and mask heads (4 convs of 256 channels each) by the same heads with ``channels`` channels.
+
+    The RoI heads then cost about (channels / 256)^2 of torchvision's: the choice for a CPU
+    run from random weights. The box head keeps its 1024-wide fully connected layer.
+    """
+    from torch import nn
+    from torchvision.models.detection.faster_rcnn import FastRCNNConvFCHead, FastRCNNPredictor
+    from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
+
+    in_channels = model.backbone.out_channels
+    pooled = model.roi_heads.box_roi_pool.output_size
+    pooled = (pooled, pooled) if isinstance(pooled, int) else tuple(pooled)
+    representation = model.roi_heads.box_predictor.cls_score.in_features
+    model.roi_heads.box_head = FastRCNNConvFCHead((in_channels, *pooled), [channels] * 4, [representation], norm_layer=nn.BatchNorm2d)
+    model.roi_heads.box_predictor = FastRCNNPredictor(representation, num_classes)
+    model.roi_heads.mask_head = MaskRCNNHeads(in_channels, [channels] * 4, 1, norm_layer=nn.BatchNorm2d)
+    model.roi_heads.mask_predictor = MaskRCNNPredictor(channels, channels, num_classes)
+
+
+def _head_channels(value: Any) -> int | None:
+    """The ``head_channels`` model option checked: None (torchvision's 256) or a positive integer."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise InstsegError(f"head_channels must be a positive whole number of channels, got {value!r}")
+    return None if value == V2_HEAD_CHANNELS else value
+
+
 def read_state_dict(path: str | Path) -> dict:
     """A model state dict from a .pth/.pt file (a plain state dict or a checkpoint with a 'model' entry)."""
     torch, _ = import_torch()
@@ -254,19 +286,25 @@ def build_maskrcnn(
     min_size/max_size: the model's internal resize (torchvision's GeneralizedRCNNTransform).
     model_options: more keyword arguments of torchvision's ``MaskRCNN`` (for example
     ``box_batch_size_per_image`` or ``rpn_post_nms_top_n_train``, to make CPU runs cheaper),
-    and ``anchor_sizes``: 5 anchor sizes in pixels, one per FPN level (default 32-512).
+    ``anchor_sizes``: 5 anchor sizes in pixels, one per FPN level (default 32-512), and
+    ``head_channels``: channels of the box and mask heads' convolutions (default 256; fewer
+    only from random weights, since the COCO heads have 256).
     """
     import_torch()
     options = {"box_detections_per_img": int(detections_per_image), "min_size": int(min_size), "max_size": int(max_size),
                **model_options}
     anchors = _anchor_generator(options.pop("anchor_sizes", None))
-    model = _build_network(weights, num_classes, download, options)
+    head_channels = _head_channels(options.pop("head_channels", None))
+    if head_channels is not None and weights_source(weights) == "coco":
+        raise InstsegError(f"head_channels {head_channels} needs weights 'none' or a run's own weights: the COCO heads have {V2_HEAD_CHANNELS} channels")
+    model = _build_network(weights, num_classes, download, options, head_channels)
     if anchors is not None:
         model.rpn.anchor_generator = anchors
     return model
 
 
-def _build_network(weights: str | os.PathLike | None, num_classes: int, download: bool, options: dict[str, Any]):
+def _build_network(weights: str | os.PathLike | None, num_classes: int, download: bool, options: dict[str, Any],
+                   head_channels: int | None = None):
     from torchvision.models.detection import MaskRCNN_ResNet50_FPN_V2_Weights, maskrcnn_resnet50_fpn_v2
 
     source = weights_source(weights)
@@ -279,13 +317,18 @@ def _build_network(weights: str | os.PathLike | None, num_classes: int, download
         _replace_predictors(model, num_classes)
         return model
     if source == "none":
-        return maskrcnn_resnet50_fpn_v2(weights=None, weights_backbone=None, num_classes=num_classes, **options)
+        model = maskrcnn_resnet50_fpn_v2(weights=None, weights_backbone=None, num_classes=num_classes, **options)
+        if head_channels is not None:
+            _narrow_heads(model, head_channels, num_classes)
+        return model
     state = read_state_dict(source)
     classes_in_file = state.get("roi_heads.box_predictor.cls_score.weight")
     if classes_in_file is None:
         raise InstsegError(f"{source}: not a Mask R-CNN state dict (no roi_heads.box_predictor.cls_score.weight)")
     file_classes = int(classes_in_file.shape[0])
     model = maskrcnn_resnet50_fpn_v2(weights=None, weights_backbone=None, num_classes=file_classes, **options)
+    if head_channels is not None:
+        _narrow_heads(model, head_channels, file_classes)
     try:
         model.load_state_dict(state)
     except RuntimeError as error:
@@ -355,6 +398,7 @@ class MaskRCNNSettings:
     num_workers: int = 0
     max_minutes: float | None = None
     model_options: dict[str, Any] = field(default_factory=dict)
+    lr_schedule: str = "plateau"
 
     def checked(self) -> "MaskRCNNSettings":
         """A copy with defaults filled in; ``InstsegError`` for a bad value."""
@@ -363,6 +407,8 @@ class MaskRCNNSettings:
                 raise InstsegError(f"{name} must be at least 1, got {getattr(self, name)}")
         if not self.lr > 0 or not math.isfinite(self.lr) or not self.weight_decay >= 0:
             raise InstsegError(f"lr must be positive and weight decay non-negative (got lr={self.lr}, weight_decay={self.weight_decay})")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise InstsegError(f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got '{self.lr_schedule}'")
         if self.image_size is not None and int(self.image_size) < 32:
             raise InstsegError(f"image size must be at least 32 pixels, got {self.image_size}")
         size = int(self.image_size) if self.image_size else None
@@ -375,7 +421,8 @@ class MaskRCNNSettings:
         )
 
     def to_record(self) -> dict[str, Any]:
-        return {**asdict(self), "optimizer": "AdamW", "scheduler": "ReduceLROnPlateau(val_loss)"}
+        scheduler = "ReduceLROnPlateau(val_loss)" if self.lr_schedule == "plateau" else "cosine decay to 0 per iteration"
+        return {**asdict(self), "optimizer": "AdamW", "scheduler": scheduler}
 
 
 @dataclass
@@ -543,21 +590,31 @@ def _loaders(settings: MaskRCNNSettings, arrays: tuple, device, world: int):
     return train_loader, train_sampler, val_loader
 
 
-def make_warmup(optimizer, total: int, start_iteration: int) -> Callable[[], None]:
-    """A function called before each step: linear warm-up of the lr from 0.1% over ``total`` iterations."""
-    base_lrs = [group["lr"] for group in optimizer.param_groups]
+def make_warmup(optimizer, total: int, start_iteration: int, decay_until: int | None = None,
+                base_lr: float | None = None) -> Callable[[], None]:
+    """A function called before each step: linear warm-up of the lr from 0.1% over ``total`` iterations.
+
+    decay_until: with a cosine schedule, the iteration at which the lr reaches 0 (half a
+    cosine from the end of the warm-up); None keeps the lr after the warm-up to the plateau scheduler.
+    base_lr: the lr the factors multiply (default: each group's lr now; give it on resume).
+    """
+    base_lrs = [group["lr"] if base_lr is None else base_lr for group in optimizer.param_groups]
     step = {"iteration": start_iteration}
 
-    def warmup() -> None:
-        iteration = step["iteration"]
-        step["iteration"] += 1
+    def factor_at(iteration: int) -> float | None:
         if iteration < total:
-            factor = 0.001 + (1.0 - 0.001) * iteration / total
+            return 0.001 + (1.0 - 0.001) * iteration / total
+        if decay_until is not None:
+            span = max(decay_until - total, 1)
+            return 0.5 * (1.0 + math.cos(math.pi * min(iteration - total, span) / span))
+        return 1.0 if iteration == total and total > 0 else None
+
+    def warmup() -> None:
+        factor = factor_at(step["iteration"])
+        step["iteration"] += 1
+        if factor is not None:
             for group, base in zip(optimizer.param_groups, base_lrs):
                 group["lr"] = base * factor
-        elif iteration == total and total > 0:
-            for group, base in zip(optimizer.param_groups, base_lrs):
-                group["lr"] = base
 
     return warmup
 
@@ -678,7 +735,8 @@ def _epochs(settings: MaskRCNNSettings, state: TrainingState, net, loaders: tupl
     train_loader, train_sampler, val_loader = loaders
     iterations = len(train_loader)
     warmup_total = min(1000, max(iterations - 1, 0)) if settings.warmup_iters is None else int(settings.warmup_iters)
-    warmup = make_warmup(state.optimizer, warmup_total, state.start_epoch * iterations)
+    cosine_end = settings.epochs * iterations if settings.lr_schedule == "cosine" else None
+    warmup = make_warmup(state.optimizer, warmup_total, state.start_epoch * iterations, cosine_end, settings.lr)
     started, wall_before = time.time(), record.wall_time_s if record.epochs_done else 0.0
     epoch_bar = tqdm(range(state.start_epoch, settings.epochs), desc="epochs", disable=not show, initial=state.start_epoch,
                      total=settings.epochs)
@@ -694,7 +752,8 @@ def _epochs(settings: MaskRCNNSettings, state: TrainingState, net, loaders: tupl
         val_losses = evaluate_loss(net, val_loader, device, settings.seed) if val_loader is not None else None
         monitored = val_losses["loss"] if val_losses is not None else train_losses["loss"]
         current_lr = state.optimizer.param_groups[0]["lr"]
-        state.scheduler.step(monitored)
+        if settings.lr_schedule == "plateau":
+            state.scheduler.step(monitored)
         state.history.append(_history_row(epoch + 1, train_losses, val_losses, current_lr, time.time() - epoch_started))
         improved = monitored < state.best_loss
         if improved:
@@ -878,6 +937,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=int, default=2)
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--weight-decay", type=float, default=5e-4)
+    parser.add_argument("--lr-schedule", default="plateau", choices=LR_SCHEDULES,
+                        help="plateau: ReduceLROnPlateau on the validation loss (the paper's); cosine: decay to 0 per iteration")
+    parser.add_argument("--head-channels", type=int, default=None,
+                        help="channels of the box and mask head convolutions (default 256, torchvision's; fewer only with --weights none)")
     parser.add_argument("--image-size", type=int, default=None, help="resize images to N x N (default: native size)")
     parser.add_argument("--weights", default="coco", help="coco (torchvision COCO_V1), none (random init) or a .pth path")
     parser.add_argument("--detections-per-image", type=int, default=300)
@@ -910,7 +973,8 @@ def _main(argv: Sequence[str] | None = None) -> int:
             dataset, split, args.out, image_size=args.image_size, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
             weight_decay=args.weight_decay, weights=args.weights, detections_per_image=args.detections_per_image,
             resume=args.resume, overwrite=args.overwrite, device=args.device, num_workers=args.num_workers, seed=args.seed,
-            quiet=args.quiet, split_path=args.split, max_minutes=args.max_minutes,
+            quiet=args.quiet, split_path=args.split, max_minutes=args.max_minutes, lr_schedule=args.lr_schedule,
+            model_options={} if args.head_channels is None else {"head_channels": args.head_channels},
         )
         if args.predictions and rank == 0 and split["val"]:
             from . import coco

@@ -13,6 +13,10 @@ a CPU by default:
   region of the previous mask (positive in the missed part, negative in the extra part,
   whichever is larger) is added to the prompts, and the previous mask's low-res logits
   are the mask prompt; the decoder answers with one mask.
+- With probability ``mask_prompt_probability`` the first round also gets a mask prompt
+  shaped like a detector's mask probabilities (the instance on the low-res grid, grown or
+  shrunk by up to one cell and blurred), as the ``box_mask`` mode is prompted with the Mask
+  R-CNN masks at inference. Default 0 (SAM's and micro-sam's recipe).
 - Loss (SAM paper): 20 x focal + 1 x Dice on the masks (for the three-mask first round,
   only the mask with the smallest loss counts), plus the mean squared error between the
   predicted IoU and the IoU of each predicted mask with the instance. It is computed on
@@ -63,6 +67,7 @@ PAD_LABEL = -1
 RESUME_MUST_MATCH = (
     "variant", "checkpoint", "trainable", "lr", "weight_decay", "prompts_per_image", "iterations",
     "positive_points", "negative_points", "point_probability", "focal_weight", "dice_weight", "seed",
+    "mask_prompt_probability",
 )
 
 
@@ -85,6 +90,7 @@ class FinetuneSettings:
     dice_weight: float = DICE_WEIGHT
     seed: int = 0
     max_minutes: float | None = None
+    mask_prompt_probability: float = 0.0
 
     def check(self) -> None:
         """Raise ``InstsegError`` listing every bad setting; resolve ``focal_weight`` None (auto)."""
@@ -114,8 +120,9 @@ class FinetuneSettings:
                 problems.append(f"{name} must be zero or positive, got {getattr(self, name)}")
         if self.focal_weight == 0 and self.dice_weight == 0:
             problems.append("focal_weight and dice_weight are both 0: the masks would not be trained")
-        if not 0.0 <= self.point_probability <= 1.0:
-            problems.append(f"point_probability must be between 0 and 1, got {self.point_probability}")
+        for name in ("point_probability", "mask_prompt_probability"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                problems.append(f"{name} must be between 0 and 1, got {getattr(self, name)}")
         if self.max_minutes is not None and not self.max_minutes > 0:
             problems.append(f"max_minutes must be positive, got {self.max_minutes}")
         if problems:
@@ -213,6 +220,29 @@ def grid_to_input(pixels: np.ndarray, stride: int = LOWRES_STRIDE) -> np.ndarray
     pixels = np.asarray(pixels, np.float64)
     centre = (stride - 1) / 2.0
     return np.stack([pixels[..., 1] * stride + centre, pixels[..., 0] * stride + centre], axis=-1).astype(np.float32)
+
+
+def detector_like_masks(targets: np.ndarray, rng: np.random.Generator, eps: float = 1e-3) -> np.ndarray:
+    """N x 1 x g x g mask-prompt logits made from N x g x g bool instances, as a detector's masks look.
+
+    Each instance is grown or shrunk by one grid cell (each with probability 0.2; a shrink
+    that would empty it is skipped), blurred with a Gaussian of sigma 0.3-1.0 cells, and turned into logits
+    log(p / (1 - p)) with p clipped to [eps, 1 - eps], as ``sam.mask_prompts`` turns the
+    Mask R-CNN mask probabilities into SAM's mask input.
+    """
+    from scipy import ndimage
+
+    targets = np.asarray(targets, bool)
+    logits = np.zeros((len(targets), 1) + targets.shape[1:], np.float32)
+    for k, mask in enumerate(targets):
+        change = rng.random()
+        if change < 0.2:
+            mask = ndimage.binary_dilation(mask)
+        elif change < 0.4 and ndimage.binary_erosion(mask).any():
+            mask = ndimage.binary_erosion(mask)
+        probs = np.clip(ndimage.gaussian_filter(mask.astype(np.float32), sigma=float(rng.uniform(0.3, 1.0))), eps, 1.0 - eps)
+        logits[k, 0] = np.log(probs / (1.0 - probs))
+    return logits
 
 
 # ---------------------------------------------------------------- losses (torch)
@@ -439,6 +469,8 @@ def prompt_rounds(sam, embedding, image: TrainingImage, chosen: np.ndarray, sett
     total = None
     sums: dict[str, float] = {}
     previous = None
+    if settings.mask_prompt_probability > 0 and rng.random() < settings.mask_prompt_probability:
+        previous = torch.as_tensor(detector_like_masks(targets_np, rng), device=device)
     for round_index in range(settings.iterations + 1):
         sparse, dense = sam.prompt_encoder(points=points, boxes=box_tensor, masks=previous)
         low_res, predicted_iou = sam.mask_decoder(
@@ -806,6 +838,8 @@ def build_parser():
     parser.add_argument("--negative-points", type=int, default=defaults.negative_points)
     parser.add_argument("--point-probability", type=float, default=defaults.point_probability,
                         help="chance that the first round adds points to the box")
+    parser.add_argument("--mask-prompt-probability", type=float, default=defaults.mask_prompt_probability,
+                        help="chance that the first round adds a detector-like mask prompt (trains the box_mask mode)")
     parser.add_argument("--focal-weight", type=float, default=None,
                         help="weight of the focal loss (default: 20, the SAM paper's, from a checkpoint; 0, Dice alone as "
                              "micro-sam, from random weights, where the focal term makes the decoder predict background only)")
@@ -835,7 +869,7 @@ def _main(argv: Sequence[str] | None = None) -> int:
         weight_decay=args.weight_decay, prompts_per_image=args.prompts_per_image, iterations=args.iterations,
         positive_points=args.positive_points, negative_points=args.negative_points,
         point_probability=args.point_probability, focal_weight=args.focal_weight, dice_weight=args.dice_weight,
-        seed=args.seed, max_minutes=args.max_minutes,
+        seed=args.seed, max_minutes=args.max_minutes, mask_prompt_probability=args.mask_prompt_probability,
     )
     settings.check()
     dataset = open_dataset(args)

@@ -129,7 +129,11 @@ def _banner(settings: dict) -> str:
         parts.append("Mask R-CNN starts from random weights (no COCO weights)")
     sam = instance.get("sam", {})
     if instance.get("enabled", True) and sam.get("checkpoint") in (None, "none"):
-        parts.append(f"SAM ({_e(sam.get('variant', '?'))}) has random, untrained weights")
+        parts.append(f"the zero-shot SAM ({_e(sam.get('variant', '?'))}) has random, untrained weights")
+    finetune = instance.get("sam_finetune", {})
+    if instance.get("enabled", True) and finetune.get("enabled") and finetune.get("checkpoint") in (None, "none"):
+        parts.append(f"the fine-tuned SAM ({_e(finetune.get('variant', '?'))}) started from random weights and only its "
+                     "decoder learned, on random image features")
     synthetic = [name for name, study in (("semantic", semantic), ("instance", instance))
                  if study.get("enabled", True) and (study.get("dataset") or {}).get("synthetic")]
     if synthetic:

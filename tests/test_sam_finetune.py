@@ -399,7 +399,7 @@ def test_mask_prompt_rounds_train_with_a_mask_input(tiny_data):
     embedding = F.embed_all(sam, dataset, split["train"][:1])[image.name]
     loss, _ = F.prompt_rounds(sam, embedding, image, np.arange(min(2, len(image.targets))), settings, np.random.default_rng(0))
     assert len(seen) == 1 and seen[0] is not None and tuple(seen[0].shape[1:]) == (1, 64, 64)
-    assert math.isfinite(float(loss))
+    assert math.isfinite(float(loss.detach()))
 
 
 # ---------------------------------------------------------------- config presets

@@ -233,6 +233,12 @@ def interior_points(masks: np.ndarray, boxes: np.ndarray) -> np.ndarray:
     return points
 
 
+def probs_to_logits(probs: np.ndarray, eps: float = MASK_PROMPT_EPS) -> np.ndarray:
+    """log(p / (1 - p)) of probabilities clipped to [eps, 1 - eps], float32 (SAM's mask-prompt logits)."""
+    clipped = np.clip(np.asarray(probs, np.float32), eps, 1.0 - eps)
+    return np.log(clipped / (1.0 - clipped)).astype(np.float32)
+
+
 def mask_prompts(probs: np.ndarray, original_size: tuple[int, int], prompt_size: int) -> np.ndarray:
     """N x 1 x S x S logits (SAM's mask_input) from N x h x w mask probabilities of the image (any h x w of its aspect)."""
     import torch
@@ -244,8 +250,7 @@ def mask_prompts(probs: np.ndarray, original_size: tuple[int, int], prompt_size:
     resized = F.interpolate(torch.from_numpy(probs)[:, None], size=target, mode="bilinear", align_corners=False).numpy()
     padded = np.zeros((len(probs), 1, prompt_size, prompt_size), np.float32)
     padded[:, :, : target[0], : target[1]] = resized
-    clipped = np.clip(padded, MASK_PROMPT_EPS, 1.0 - MASK_PROMPT_EPS)
-    return np.log(clipped / (1.0 - clipped)).astype(np.float32)
+    return probs_to_logits(padded)
 
 
 def decode_prompts(

@@ -222,15 +222,17 @@ def grid_to_input(pixels: np.ndarray, stride: int = LOWRES_STRIDE) -> np.ndarray
     return np.stack([pixels[..., 1] * stride + centre, pixels[..., 0] * stride + centre], axis=-1).astype(np.float32)
 
 
-def detector_like_masks(targets: np.ndarray, rng: np.random.Generator, eps: float = 1e-3) -> np.ndarray:
+def detector_like_masks(targets: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """N x 1 x g x g mask-prompt logits made from N x g x g bool instances, as a detector's masks look.
 
     Each instance is grown or shrunk by one grid cell (each with probability 0.2; a shrink
-    that would empty it is skipped), blurred with a Gaussian of sigma 0.3-1.0 cells, and turned into logits
-    log(p / (1 - p)) with p clipped to [eps, 1 - eps], as ``sam.mask_prompts`` turns the
-    Mask R-CNN mask probabilities into SAM's mask input.
+    that would empty it is skipped), blurred with a Gaussian of sigma 0.3-1.0 cells, and
+    turned into logits as ``sam.mask_prompts`` turns the Mask R-CNN mask probabilities into
+    SAM's mask input (``sam.probs_to_logits``).
     """
     from scipy import ndimage
+
+    from .sam import probs_to_logits
 
     targets = np.asarray(targets, bool)
     logits = np.zeros((len(targets), 1) + targets.shape[1:], np.float32)
@@ -240,8 +242,7 @@ def detector_like_masks(targets: np.ndarray, rng: np.random.Generator, eps: floa
             mask = ndimage.binary_dilation(mask)
         elif change < 0.4 and ndimage.binary_erosion(mask).any():
             mask = ndimage.binary_erosion(mask)
-        probs = np.clip(ndimage.gaussian_filter(mask.astype(np.float32), sigma=float(rng.uniform(0.3, 1.0))), eps, 1.0 - eps)
-        logits[k, 0] = np.log(probs / (1.0 - probs))
+        logits[k, 0] = probs_to_logits(ndimage.gaussian_filter(mask.astype(np.float32), sigma=float(rng.uniform(0.3, 1.0))))
     return logits
 
 

@@ -299,3 +299,18 @@ def test_unknown_lr_schedule_is_refused():
     with pytest.raises(InstsegError, match="lr_schedule must be one of plateau, cosine"):
         M.MaskRCNNSettings(lr_schedule="step").checked()
     assert M.MaskRCNNSettings(lr_schedule="cosine").checked().to_record()["scheduler"].startswith("cosine")
+
+
+@pytest.mark.parametrize("extra, expected", [
+    (["--weights", "none", "--head-channels", "0"], "head_channels must be a positive whole number"),
+    (["--weights", "coco", "--head-channels", "64"], "the COCO heads have 256 channels"),
+])
+def test_cli_refuses_bad_heads_before_writing_anything(tmp_path, capsys, extra, expected):
+    from data.synthetic import write_dataset
+
+    write_dataset(tmp_path / "ds", n_images=4, size=64)
+    code = M.main(["--data", str(tmp_path / "ds"), "--split", str(tmp_path / "split.json"), "--out", str(tmp_path / "run"),
+                   "--epochs", "1", *extra])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and lines[-1].startswith("error: ") and expected in lines[-1]
+    assert not (tmp_path / "split.json").exists() and not (tmp_path / "run").exists()

@@ -232,6 +232,10 @@ def _narrow_heads(model, channels: int, num_classes: int) -> None:
     model.roi_heads.mask_predictor = MaskRCNNPredictor(channels, channels, num_classes)
 
 
+def _coco_heads_message(head_channels: int) -> str:
+    return f"head_channels {head_channels} needs weights 'none' or a run's own weights: the COCO heads have {V2_HEAD_CHANNELS} channels"
+
+
 def _head_channels(value: Any) -> int | None:
     """The ``head_channels`` model option checked: None (torchvision's 256) or a positive integer."""
     if value is None:
@@ -296,7 +300,7 @@ def build_maskrcnn(
     anchors = _anchor_generator(options.pop("anchor_sizes", None))
     head_channels = _head_channels(options.pop("head_channels", None))
     if head_channels is not None and weights_source(weights) == "coco":
-        raise InstsegError(f"head_channels {head_channels} needs weights 'none' or a run's own weights: the COCO heads have {V2_HEAD_CHANNELS} channels")
+        raise InstsegError(_coco_heads_message(head_channels))
     model = _build_network(weights, num_classes, download, options, head_channels)
     if anchors is not None:
         model.rpn.anchor_generator = anchors
@@ -409,6 +413,9 @@ class MaskRCNNSettings:
             raise InstsegError(f"lr must be positive and weight decay non-negative (got lr={self.lr}, weight_decay={self.weight_decay})")
         if self.lr_schedule not in LR_SCHEDULES:
             raise InstsegError(f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got '{self.lr_schedule}'")
+        head_channels = _head_channels((self.model_options or {}).get("head_channels"))
+        if head_channels is not None and weights_source(self.weights) == "coco":
+            raise InstsegError(_coco_heads_message(head_channels))
         if self.image_size is not None and int(self.image_size) < 32:
             raise InstsegError(f"image size must be at least 32 pixels, got {self.image_size}")
         size = int(self.image_size) if self.image_size else None
@@ -957,6 +964,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    settings = MaskRCNNSettings(
+        image_size=args.image_size, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
+        weights=args.weights, detections_per_image=args.detections_per_image, num_workers=args.num_workers, seed=args.seed,
+        max_minutes=args.max_minutes, lr_schedule=args.lr_schedule,
+        model_options={} if args.head_channels is None else {"head_channels": args.head_channels},
+    )
+    settings.checked()
     try:
         from data.split import load_or_make_split, read_split
 
@@ -969,13 +983,8 @@ def _main(argv: Sequence[str] | None = None) -> int:
             for name in ("gt.json", "maskrcnn.json"):
                 if not args.resume:
                     check_can_write(Path(args.predictions) / name, args.overwrite)
-        record = train_maskrcnn(
-            dataset, split, args.out, image_size=args.image_size, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-            weight_decay=args.weight_decay, weights=args.weights, detections_per_image=args.detections_per_image,
-            resume=args.resume, overwrite=args.overwrite, device=args.device, num_workers=args.num_workers, seed=args.seed,
-            quiet=args.quiet, split_path=args.split, max_minutes=args.max_minutes, lr_schedule=args.lr_schedule,
-            model_options={} if args.head_channels is None else {"head_channels": args.head_channels},
-        )
+        record = train_maskrcnn(dataset, split, args.out, settings, resume=args.resume, overwrite=args.overwrite,
+                                device=args.device, quiet=args.quiet, split_path=args.split)
         if args.predictions and rank == 0 and split["val"]:
             from . import coco
 

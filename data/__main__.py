@@ -69,6 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
     summary.add_argument("dataset", type=Path)
     summary.add_argument("--csv", type=Path, help="also write the per-image table here")
     summary.add_argument("--overwrite", action="store_true", help="replace an existing --csv file")
+    summary.add_argument("--pixel-size", nargs="+", type=float, metavar="UM",
+                         help="pixel size in \u00b5m for every image: one value, or two (height then width); default: read "
+                         "from ImageJ / OME-TIFF metadata")
     add_dataset_arguments(summary, data=None, default=argparse.SUPPRESS)
     return parser
 
@@ -164,11 +167,13 @@ def _split(args: argparse.Namespace) -> int:
 
 def _summary(args: argparse.Namespace) -> int:
     from .summary import summarize, summary_text
+    from .units import given_pixel_size
 
+    pixel_size = given_pixel_size(args.pixel_size)
     if args.csv is not None:
         check_can_write(args.csv, args.overwrite)
     dataset = open_dataset(args, args.dataset)
-    frame = summarize(dataset)
+    frame = summarize(dataset, pixel_size)
     print(f"dataset: {dataset.root} (format {dataset.format})")
     print(summary_text(frame))
     if args.csv is not None:

@@ -10,17 +10,22 @@ import pandas as pd
 from .dataset import Dataset, load_entry
 from .errors import DatasetError
 from .imageio import image_info
+from .units import PixelSize, pixel_size_columns, pixel_size_for
 
 COLUMNS = ["image", "height", "width", "bit_depth", "dtype", "channels", "n_cells", "cell_fraction"]
+MICROMETRE_COLUMNS = ["pixel_size_y_um", "pixel_size_x_um", "pixel_size_source", "mean_cell_area_um2"]
 
 
-def summarize(dataset: Dataset) -> pd.DataFrame:
+def summarize(dataset: Dataset, pixel_size: PixelSize | None = None) -> pd.DataFrame:
     """One row per image: image (stem), height, width (pixels), bit_depth, dtype and channels
     of the stored file, n_cells (instance labels), cell_fraction (cell pixels / all pixels).
+    When any image has a pixel size (``pixel_size`` given, else its ImageJ / OME-TIFF
+    metadata; ``data.units``): pixel_size_y_um, pixel_size_x_um, pixel_size_source and
+    mean_cell_area_um2 too (empty for images without one).
 
     Every sample is loaded and checked (image/mask sizes, mask values) on the way.
     """
-    rows = []
+    rows, sizes = [], []
     for entry in dataset.entries:
         if entry.source and Path(entry.source).is_file():
             info = image_info(entry.source)
@@ -36,21 +41,34 @@ def summarize(dataset: Dataset) -> pd.DataFrame:
             info = {"height": labels.shape[0], "width": labels.shape[1], "bit_depth": sample.image.dtype.itemsize * 8,
                     "dtype": str(sample.image.dtype), "channels": sample.image.shape[-1]}
         ids = np.unique(labels)
-        rows.append({
+        sizes.append(pixel_size_for(entry.source, pixel_size) if entry.source else pixel_size)
+        n_cells = int((ids > 0).sum())
+        area = sizes[-1].area_um2 * float((labels > 0).sum()) / n_cells if sizes[-1] and n_cells else float("nan")
+        rows.append({**pixel_size_columns(sizes[-1]), "mean_cell_area_um2": area,
             "image": entry.name,
             "height": info["height"],
             "width": info["width"],
             "bit_depth": info["bit_depth"],
             "dtype": info["dtype"],
             "channels": info["channels"],
-            "n_cells": int((ids > 0).sum()),
+            "n_cells": n_cells,
             "cell_fraction": float((labels > 0).mean()),
         })
-    return pd.DataFrame(rows, columns=COLUMNS)
+    return pd.DataFrame(rows, columns=COLUMNS + (MICROMETRE_COLUMNS if any(sizes) else []))
 
 
 def _counted(values: list[str]) -> str:
     return ", ".join(f"{value} ({count})" for value, count in Counter(values).most_common())
+
+
+def _pixel_sizes(frame: pd.DataFrame) -> str:
+    """The pixel sizes of a summary table, counted ('none (sizes in pixels)' without any)."""
+    if "pixel_size_source" not in frame:
+        return "none (sizes in pixels)"
+    described = [PixelSize(y, x, source).describe() if source else "none (sizes in pixels)"
+                 for y, x, source in zip(frame["pixel_size_y_um"], frame["pixel_size_x_um"],
+                                         frame["pixel_size_source"].fillna(""))]
+    return _counted(described)
 
 
 def summary_text(frame: pd.DataFrame) -> str:
@@ -71,6 +89,7 @@ def summary_text(frame: pd.DataFrame) -> str:
         f"cells per image: mean {cells.mean():.2f}, min {cells.min()}, max {cells.max()} (total {cells.sum()})",
         f"cell pixel fraction: mean {fraction.mean():.3f}, min {fraction.min():.3f}, max {fraction.max():.3f}",
     ]
+    lines.append(f"pixel size: {_pixel_sizes(frame)}")
     empty = int((cells == 0).sum())
     if empty:
         lines.append(f"images without cells: {empty}")

@@ -49,7 +49,14 @@ Outputs (in ``--out``)::
     cells/<name>.csv     one row per cell: area_px, perimeter_px, major/minor axis, elongation, centroid (score)
     counts.csv           one row per image: cell_count, confluence (cell area fraction), mean cell area,
                          min_area_px, tiles, seconds
-    predict.json         model, threshold, scale, minimum area and where each came from, tiling, notes, versions
+    predict.json         model, threshold, scale, minimum area and where each came from, tiling, notes, versions,
+                         each image's pixel size (or that there is none: measurements in pixels)
+    rois/<name>.zip      with --rois: one ImageJ ROI per cell for Fiji's ROI Manager (mscseg.exports)
+    geojson/<name>.geojson  with --geojson: the cells as QuPath detections with their measurements
+
+Physical units (``data.units``): with ``--pixel-size UM`` (or ``UMY UMX``), or a pixel size in
+an ImageJ TIFF's or OME-TIFF's metadata, cells/ gains area_um2, perimeter_um, major/minor_axis_um
+and the pixel size and its source, and counts.csv mean/median_area_um2 and the pixel size.
 
 Image names are file stems; when two inputs share a stem (e.g. ``set1/raw.tif`` and
 ``set2/raw.tif``), the parent folder's name is put in front (``set1_raw``).
@@ -68,8 +75,10 @@ import numpy as np
 import pandas as pd
 
 from data.cli import make_parser, run_cli
+from data.units import PixelSize, given_pixel_size
 
 from .errors import RunError
+from .exports import OutputOptions
 from .layout import Layout, run_json
 
 CELL_COLUMNS = ["image", "cell", "area_px", "perimeter_px", "major_axis_px", "minor_axis_px", "elongation",
@@ -350,9 +359,13 @@ def relabel(labels: np.ndarray, scores: dict[int, float] | None = None) -> tuple
 
 # ---------------------------------------------------------------- measurements and outputs
 
-def measure_cells(labels: np.ndarray, name: str, scores: dict[int, float] | None = None) -> pd.DataFrame:
-    """One row per label: area (px), perimeter (px), major/minor axis (px, from second moments), elongation, centroid."""
+def measure_cells(labels: np.ndarray, name: str, scores: dict[int, float] | None = None,
+                  pixel_size: PixelSize | None = None) -> pd.DataFrame:
+    """One row per label: area (px), perimeter (px), major/minor axis (px, from second moments), elongation, centroid;
+    with a pixel size also area (µm²), perimeter and axes (µm) and the pixel size (``data.units.with_micrometres``)."""
     from skimage.measure import regionprops
+
+    from data.units import with_micrometres
 
     rows = []
     for region in regionprops(labels):
@@ -369,7 +382,7 @@ def measure_cells(labels: np.ndarray, name: str, scores: dict[int, float] | None
             "centroid_y": float(region.centroid[0]),
             "score": (scores or {}).get(int(region.label), float("nan")),
         })
-    return pd.DataFrame(rows, columns=CELL_COLUMNS)
+    return with_micrometres(pd.DataFrame(rows, columns=CELL_COLUMNS), labels, pixel_size)
 
 
 def overlay(image: np.ndarray, labels: np.ndarray) -> np.ndarray:
@@ -495,8 +508,10 @@ def label_image(loaded: "LoadedModel", image: np.ndarray, threshold: float, scal
     return labels, scores, None, n_tiles
 
 
-def write_image_outputs(folder: Path, name: str, image: np.ndarray, labels: np.ndarray, cells: pd.DataFrame) -> None:
-    """masks/, labels/ (16-bit PNG, 32-bit TIFF above 65535 cells), overlays/ and cells/ of one image into ``folder``."""
+def write_image_outputs(folder: Path, name: str, image: np.ndarray, labels: np.ndarray, cells: pd.DataFrame,
+                        outputs: OutputOptions | None = None) -> None:
+    """masks/, labels/ (16-bit PNG, 32-bit TIFF above 65535 cells), overlays/, cells/ and the ``outputs`` asked for
+    (rois/, geojson/) of one image into ``folder``."""
     from data.imageio import write_labels, write_png
     from data.outputs import write_csv
 
@@ -504,6 +519,8 @@ def write_image_outputs(folder: Path, name: str, image: np.ndarray, labels: np.n
     write_labels(folder / "labels" / f"{name}{'.png' if labels.max(initial=0) <= 65535 else '.tif'}", labels)
     write_png(folder / "overlays" / f"{name}.png", overlay(image, labels))
     write_csv(folder / "cells" / f"{name}.csv", cells)
+    if outputs is not None:
+        outputs.write(folder, name, labels, cells)
 
 
 def predict_folder(
@@ -523,6 +540,7 @@ def predict_folder(
     quiet: bool = True,
     coco: str | Path | None = None,
     coco_gt: str | Path | None = None,
+    outputs: OutputOptions | None = None,
 ) -> pd.DataFrame:
     """Predict every image, write the outputs listed in the module docstring; returns counts.csv's table.
 
@@ -530,9 +548,11 @@ def predict_folder(
     ``min_area`` None: half the training cells' 1st-percentile area rescaled to the new
     images (semantic runs with a training geometry), else 0. ``coco``: also write the
     cells as COCO results (RLE masks; score = instance score, or mean probability for a
-    semantic run) with image ids from ``coco_gt`` when given.
+    semantic run) with image ids from ``coco_gt`` when given. ``outputs``: ROI zips, GeoJSON
+    and the pixel size for every image (``exports.OutputOptions``; default: each image's metadata).
     """
     from data.imageio import read_image
+    from data.units import COUNT_MICROMETRE_COLUMNS, count_micrometres, pixel_size_for, pixel_size_record
     from data.outputs import check_can_write, check_output_folder, staged_outputs, write_csv, write_json
 
     out_dir = check_output_folder(out_dir)
@@ -547,9 +567,11 @@ def predict_folder(
     if min_area is not None and min_area < 0:
         raise RunError(f"--min-area must be zero or positive, got {min_area}")
     planned = [out_dir / "counts.csv", out_dir / "predict.json"] + ([Path(coco)] if coco else [])
+    outputs = outputs or OutputOptions()
     for name in named:
         planned += [out_dir / sub / f"{name}{ext}" for sub, ext in
                     (("masks", ".png"), ("labels", ".png"), ("labels", ".tif"), ("overlays", ".png"), ("cells", ".csv"))]
+        planned += outputs.paths(out_dir, name)
     for path in planned:
         check_can_write(path, overwrite)
     image_ids = coco_image_ids(named, coco_gt) if coco else {}
@@ -569,7 +591,7 @@ def predict_folder(
         min_area_source = "--min-area"
 
     with staged_outputs(out_dir) as stage:
-        counts, notes, detections = [], [], []
+        counts, notes, detections, pixel_sizes = [], [], [], {}
         for position, (name, path) in enumerate(named.items(), 1):
             started = time.perf_counter()
             image = read_image(path)
@@ -582,8 +604,9 @@ def predict_folder(
                 notes.append(note)
                 if not quiet:
                     print(note)
-            cells = measure_cells(labels, name, scores)
-            write_image_outputs(stage, name, image, labels, cells)
+            pixel_sizes[name] = pixel_size_for(path, outputs.pixel_size)
+            cells = measure_cells(labels, name, scores, pixel_sizes[name])
+            write_image_outputs(stage, name, image, labels, cells, outputs)
             if coco:
                 detections += cell_detections(image_ids[name], labels, scores, probability)
             counts.append({
@@ -593,11 +616,12 @@ def predict_folder(
                 "median_area_px": float(cells["area_px"].median()) if len(cells) else float("nan"),
                 "kind": loaded.kind, "model": loaded.name, "threshold": threshold, "min_area_px": min_area,
                 "tiles": n_tiles, "seconds": round(time.perf_counter() - started, 3),
+                **count_micrometres(cells, pixel_sizes[name]),
             })
             if not quiet:
                 print(f"[{position}/{len(named)}] {name}: {len(cells)} cells, confluence {mask.mean():.3f} "
                       f"({n_tiles} tile(s), {counts[-1]['seconds']:.1f} s)")
-        table = pd.DataFrame(counts, columns=COUNT_COLUMNS)
+        table = pd.DataFrame(counts, columns=COUNT_COLUMNS + (COUNT_MICROMETRE_COLUMNS if any(pixel_sizes.values()) else []))
         write_csv(stage / "counts.csv", table)
         if coco:
             from torch_instseg.coco import write_results
@@ -618,6 +642,7 @@ def predict_folder(
                               "inner tile edges" if loaded.kind == "semantic" else "run at the tile's own size"),
             "min_area_px": min_area, "min_area_source": min_area_source, "size_notes": notes,
             "skipped_annotation_files": len(skipped), "coco_results": None if coco is None else str(coco),
+            "exports": {"rois": outputs.rois, "geojson": outputs.geojson}, **pixel_size_record(pixel_sizes),
             "images": {name: str(path) for name, path in named.items()}, "versions": library_versions(),
         })
     return table
@@ -670,16 +695,24 @@ def build_parser() -> argparse.ArgumentParser:
                         "for python -m torch_instseg.evaluate")
     parser.add_argument("--coco-gt", type=Path, help="COCO ground truth whose image ids (by file_name) --coco uses "
                         "(default: ids 1..N in name order)")
+    parser.add_argument("--rois", action="store_true", help="also write rois/<image>.zip: one ImageJ polygon ROI per cell, "
+                        "named by its label, for Fiji's ROI Manager")
+    parser.add_argument("--geojson", action="store_true", help="also write geojson/<image>.geojson: the cells as QuPath "
+                        "detections (class 'cell') with their measurements")
+    parser.add_argument("--pixel-size", nargs="+", type=float, metavar="UM",
+                        help="pixel size in µm for every image: one value, or two (height then width); default: read "
+                        "from ImageJ / OME-TIFF metadata, else measurements stay in pixels")
     parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     return parser
 
 
 def _main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    outputs = OutputOptions(args.rois, args.geojson, given_pixel_size(args.pixel_size))
     table = predict_folder(args.model, args.images, args.out, threshold=args.threshold, scale=args.scale, tile=args.tile,
                            overlap=args.overlap, min_area=args.min_area, which=args.which, device=args.device,
                            recursive=args.recursive, overwrite=args.overwrite, quiet=False, coco=args.coco,
-                           coco_gt=args.coco_gt)
+                           coco_gt=args.coco_gt, outputs=outputs)
     print(table[["image", "cell_count", "confluence"]].to_string(index=False))
     print(f"outputs in {args.out}")
     return 0

@@ -122,10 +122,11 @@ def stats_lines(results: Path) -> list[dict]:
 
 def step_times(results: Path) -> dict[str, float]:
     """Seconds per training run, from the run records (run.json ``wall_time_s``)."""
+    from data.run_record import RUN_JSON, read_record
+
     times = {}
-    for record in sorted(results.glob("*/*/run.json")):
-        data = json.loads(record.read_text())
-        times[f"{record.parent.parent.name}/{record.parent.name}"] = float(data.get("wall_time_s") or 0.0)
+    for path in sorted(results.glob(f"*/*/{RUN_JSON}")):
+        times[f"{path.parent.parent.name}/{path.parent.name}"] = float(read_record(path.parent).wall_time_s or 0.0)
     return times
 
 

@@ -60,7 +60,9 @@ def train(data: Path, out: Path, image_size: int, cpu_minutes: float, wall_minut
 
     threading.Thread(target=watch, daemon=True).start()
     process.wait()
-    record = json.loads((out / "unet" / "run.json").read_text())
+    from data.run_record import read_record
+
+    record = read_record(out / "unet").to_dict()
     print(f"training stopped after {record.get('epochs_done')} epochs (best {record.get('best_epoch')}), "
           f"{used['cpu_s'] / 60:.1f} CPU min, {(time.perf_counter() - started) / 60:.1f} wall min", flush=True)
     return record

@@ -68,6 +68,12 @@ class RunRecord:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    @property
+    def geometry(self) -> dict[str, Any] | None:
+        """How training resized its images and how large its cells were (``data.geometry``); None when not recorded."""
+        geometry = self.details.get("geometry")
+        return dict(geometry) if isinstance(geometry, Mapping) and geometry else None
+
     @classmethod
     def from_dict(cls, content: Mapping[str, Any], path: str | Path | None = None) -> "RunRecord":
         known = {name for name in cls.__dataclass_fields__}

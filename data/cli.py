@@ -2,18 +2,21 @@
 
 Bad input (any ``MscsegError``) and operating-system errors on inputs or outputs
 become one line on stderr and exit status 2; Ctrl-C exits with 130. Anything else
-is a bug and keeps its traceback. Usage errors of a parser made by ``make_parser``
+is a bug and keeps its traceback. The folder locks a command took (``data.lock.lock_output_folder``)
+are released when it ends. Usage errors of a parser made by ``make_parser``
 are bad input too (one line, exit 2). The dataset arguments (``--data``,
 ``--format`` and each reader's options) are declared once, in ``add_dataset_arguments``.
 """
 from __future__ import annotations
 
 import argparse
+import errno
 import sys
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from .errors import MscsegError
+from .lock import command_lock_count, release_command_locks
 
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
@@ -47,6 +50,8 @@ def one_line(error: BaseException, limit: int | None = None) -> str:
     if isinstance(error, OSError) and not isinstance(error, MscsegError):
         where = error.filename if error.filename is not None else None
         text = f"{where}: {error.strerror or error}" if where else str(error.strerror or error)
+        if error.errno == errno.ENOSPC:
+            text += "; the outputs written before are unchanged: free some space and run the same command again"
     else:
         text = str(error)
     text = " ".join(text.split()) or type(error).__name__
@@ -60,6 +65,7 @@ def run_cli(
 ) -> int:
     """Call ``main(argv)``; return its status, or print one line and return 2 (bad input) or 130 (Ctrl-C,
     with ``resume_hint`` after "interrupted")."""
+    held = command_lock_count()
     try:
         return int(main(argv) or 0)
     except (MscsegError, OSError) as error:
@@ -68,6 +74,8 @@ def run_cli(
     except KeyboardInterrupt:
         print(f"interrupted{'; ' + resume_hint if resume_hint else ''}", file=sys.stderr)
         return EXIT_INTERRUPTED
+    finally:
+        release_command_locks(held)
 
 
 def make_parser(prog: str, description: str | None = None, **options: Any) -> ArgumentParser:

@@ -1,15 +1,17 @@
 """Safe output writing shared by every package: atomic files, no silent overwrites."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
-from .errors import DatasetError
+from .errors import DatasetError, MscsegError
+from .lock import has_content
 
 
 class OutputExistsError(DatasetError):
@@ -21,14 +23,36 @@ def partial_path(path: str | Path) -> Path:
     return path.with_name(path.name + ".partial")
 
 
+def replace_atomically(path: str | Path, write: Callable[[Path], Any], partial: str | Path | None = None) -> Path:
+    """Call ``write(partial)`` (default ``<name>.partial``), then rename it to ``path``.
+
+    When the write fails, the partial file is removed and ``path`` is left as it was; an
+    ``OSError`` (a full disk, say) is raised again naming ``path``, so the message says
+    which output could not be written.
+    """
+    path = Path(path)
+    partial = partial_path(path) if partial is None else Path(partial)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        write(partial)
+        os.replace(partial, path)
+    except BaseException as error:
+        with contextlib.suppress(OSError):
+            partial.unlink()
+        if isinstance(error, OSError) and not isinstance(error, MscsegError):
+            raise named_os_error(error, path) from None
+        raise
+    return path
+
+
+def named_os_error(error: OSError, path: str | Path) -> OSError:
+    """``error`` with ``path`` as its file name (the output being written), same errno and message."""
+    return OSError(error.errno, error.strerror or str(error), str(path))
+
+
 def atomic_write_text(path: str | Path, text: str) -> Path:
     """Write to ``<name>.partial`` then rename, so a reader never sees half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = partial_path(path)
-    partial.write_text(text)
-    os.replace(partial, path)
-    return path
+    return replace_atomically(path, lambda partial: partial.write_text(text))
 
 
 def write_json(path: str | Path, obj: Any) -> Path:
@@ -43,7 +67,7 @@ def write_csv(path: str | Path, frame: Any, float_format: str | None = None) -> 
 def check_can_write(path: str | Path, overwrite: bool = False) -> Path:
     """Raise ``OutputExistsError`` if ``path`` exists (a file, or a non-empty folder) and not ``overwrite``."""
     path = Path(path)
-    exists = path.is_file() or (path.is_dir() and any(path.iterdir()))
+    exists = path.is_file() or (path.is_dir() and has_content(path))
     if exists and not overwrite:
         raise OutputExistsError("output already exists; pass --overwrite to replace it (nothing was written)", path)
     return path
@@ -86,12 +110,28 @@ def staged_outputs(out_dir: str | Path) -> Iterator[Path]:
         for source, target in zip(files, targets):
             target.parent.mkdir(parents=True, exist_ok=True)
             os.replace(source, target)
-    except BaseException:
+    except BaseException as error:
         shutil.rmtree(stage, ignore_errors=True)
         if created is not None:
             _remove_empty(out_dir, created)
+        if isinstance(error, OSError) and not isinstance(error, MscsegError):
+            raise named_os_error(error, _final_name(error.filename, stage, out_dir)) from None
         raise
     shutil.rmtree(stage, ignore_errors=True)
+
+
+def _final_name(filename: Any, stage: Path, out_dir: Path) -> Path:
+    """Where a file written into ``stage`` was going (``out_dir`` when the error names no file)."""
+    if filename is None:
+        return out_dir
+    path = Path(os.fsdecode(filename))
+    try:
+        relative = path.relative_to(stage)
+    except ValueError:
+        return path
+    if relative.name.endswith(".partial"):
+        relative = relative.with_name(relative.name[: -len(".partial")])
+    return out_dir / relative
 
 
 def _remove_empty(folder: Path, top: Path) -> None:
@@ -114,9 +154,10 @@ def staged_folders(root: str | Path, names: tuple[str, ...] = ("images", "masks"
     root = Path(root)
     created = not root.exists()
     staged = {name: root / f"{name}.partial" for name in names}
-    for folder in staged.values():
-        if folder.exists():
-            shutil.rmtree(folder)
+    for name, folder in staged.items():
+        for stale in (folder, root / f"{name}.old"):
+            if stale.exists():
+                shutil.rmtree(stale)
         folder.mkdir(parents=True)
     try:
         yield staged

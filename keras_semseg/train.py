@@ -27,6 +27,7 @@ from data import Dataset
 from data.cli import add_dataset_arguments, make_parser, open_dataset, run_cli
 from data.errors import MscsegError
 from data.geometry import training_geometry
+from data.lock import has_content, lock_output_folder
 from data.run_record import HISTORY_CSV, RUN_JSON, RunRecord, check_resume, read_record
 
 from .errors import SemsegError
@@ -117,7 +118,7 @@ def load_or_resume_record(out_dir: Path, settings: TrainSettings, split_record: 
                           overwrite: bool) -> RunRecord | None:
     """The run to continue (``resume``: same settings and split), or None to start fresh; refuses to overwrite."""
     if not (out_dir / RUN_JSON).is_file():
-        if not overwrite and out_dir.is_dir() and any(out_dir.iterdir()):
+        if not overwrite and out_dir.is_dir() and has_content(out_dir):
             raise SemsegError(f"{out_dir}: folder is not empty and holds no training run; choose another --out or pass --overwrite")
         return None
     try:
@@ -500,6 +501,7 @@ def _main(argv: Sequence[str] | None = None) -> int:
     from data.split import load_or_make_split
 
     args = _parser().parse_args(argv)
+    lock_output_folder(args.out)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     dataset = open_dataset(args)
     split = load_or_make_split(args.split, dataset.names, seed=args.seed, source=str(args.data))

@@ -75,6 +75,7 @@ import numpy as np
 import pandas as pd
 
 from data.cli import make_parser, run_cli
+from data.lock import lock_output_folder
 from data.units import PixelSize, given_pixel_size
 
 from .errors import RunError
@@ -708,6 +709,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    lock_output_folder(args.out)
     outputs = OutputOptions(args.rois, args.geojson, given_pixel_size(args.pixel_size))
     table = predict_folder(args.model, args.images, args.out, threshold=args.threshold, scale=args.scale, tile=args.tile,
                            overlap=args.overlap, min_area=args.min_area, which=args.which, device=args.device,

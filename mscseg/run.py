@@ -30,6 +30,9 @@ printed). On a new run:
 A step that needs TensorFlow or torch runs in a subprocess of its own (``python -m mscseg.step``):
 the two frameworks never share a process, and each model's memory is returned when its step ends.
 ``report.html`` is a view of the results, remade whenever it is out of date.
+One process writes a results folder at a time (``data.lock``: a kernel lock its step processes inherit);
+a second run on a busy folder exits 2 naming the holder. A run killed at any moment finishes when started
+again; the staging folders and partial files of the killed run are removed first, with one note.
 Exit status: 0 done, 2 bad input or settings, or a step's process killed (crash signal, out of
 memory), 1 a crash (traceback in the step's log), 130 interrupted (rerun the same command to resume).
 """
@@ -56,6 +59,7 @@ from typing import Any, Callable, Iterator, Sequence, TextIO
 
 from data.cli import make_parser, one_line, run_cli
 from data.errors import MscsegError
+from data.lock import has_content, held_fds, holder, locked
 
 from .config import Settings, check_inputs, from_mapping, load_config
 from .errors import RunError
@@ -168,7 +172,11 @@ class Planned:
 
 
 def _has_outputs(paths: list[Path]) -> bool:
-    return any(p.is_file() or (p.is_dir() and any(p.iterdir())) for p in paths)
+    return any(_is_output(p) for p in paths)
+
+
+def _is_output(path: Path) -> bool:
+    return path.is_file() or (path.is_dir() and has_content(path))
 
 
 def plan(
@@ -194,7 +202,7 @@ def _state(step: Step, settings: Settings, expected: str, stamp: dict | None, by
     outputs = step.outputs(layout)
     if stamp is None:
         if _has_outputs(outputs) and not step.derived:
-            shown = next(p for p in outputs if p.is_file() or (p.is_dir() and any(p.iterdir())))
+            shown = next(p for p in outputs if _is_output(p))
             return Planned(step, State.FOREIGN, Action.RUN, f"{shown} exists but no stamp says which settings made it")
         return Planned(step, State.NEW, Action.RUN)
     current = step.settings(settings)
@@ -404,10 +412,13 @@ def _child_environment() -> dict[str, str]:
 
 
 def _run_in_subprocess(step: Step, layout: Layout, resume: bool, overwrite: bool, log_path: Path) -> None:
-    """Run ``step`` in ``python -m mscseg.step``; its output goes to the log. Ctrl-C stops the child too."""
+    """Run ``step`` in ``python -m mscseg.step``; its output goes to the log. Ctrl-C stops the child too.
+
+    The child inherits the results folder's lock, so a folder whose runner was killed stays busy while the
+    step process it started still writes."""
     with open(log_path, "a", encoding="utf-8") as log:
         process = subprocess.Popen(step_command(step, layout, resume, overwrite), stdin=subprocess.DEVNULL,
-                                   stdout=log, stderr=subprocess.STDOUT, env=_child_environment())
+                                   stdout=log, stderr=subprocess.STDOUT, env=_child_environment(), pass_fds=held_fds())
         try:
             code = process.wait()
         except KeyboardInterrupt:
@@ -551,7 +562,9 @@ WILL = {Action.RUN: "will run", Action.SKIP: "skip", Action.CONFLICT: "needs --o
 
 def print_list(entries: list[Planned], layout: Layout, out: TextIO) -> None:
     width = _name_width(entries)
-    print(f"steps of {layout.root}:", file=out)
+    busy = holder(layout.root) if layout.root.is_dir() else None
+    using = f" (in use by process {busy.get('pid', '?')}: {busy.get('command', '')})" if busy is not None else ""
+    print(f"steps of {layout.root}{using}:", file=out)
     for entry in entries:
         stamp = read_stamp(layout, entry.step.name) or {}
         when = f"  ({_duration(stamp['wall_s'])}, {stamp.get('finished', '')})" if stamp.get("status") == "done" and "wall_s" in stamp else ""
@@ -574,10 +587,17 @@ def _main(argv: Sequence[str] | None = None) -> int:
     layout = Layout(Path(args.out) if args.out else Path("results") / settings.name)
     steps = build_steps(settings)
     selected, forced = _select(steps, args.from_step, args.only)
-    entries = plan(steps, settings, layout, selected, forced, args.overwrite)
     if args.list:
-        print_list(entries, layout, console)
+        print_list(plan(steps, settings, layout, selected, forced, args.overwrite), layout, console)
         return 0
+    with locked(layout.root, " ".join(["mscseg-run", *argv]), out=console):
+        entries = plan(steps, settings, layout, selected, forced, args.overwrite)
+        return _run(entries, steps, settings, layout, argv, console)
+
+
+def _run(entries: list[Planned], steps: list[Step], settings: Settings, layout: Layout, argv: list[str],
+         console: TextIO) -> int:
+    """Run the planned steps (holding the results folder's lock); the exit status."""
     if any(e.action is Action.CONFLICT for e in entries):
         raise RunError(conflicts_message(entries, layout))
     check_inputs(settings)

@@ -129,6 +129,21 @@ def test_deleted_outputs_are_remade_and_what_used_them_needs_overwrite(toy, caps
     assert names(CALLS) == ["train", "evaluate", "report"]
 
 
+def test_leftovers_of_a_killed_run_are_removed_with_a_note_and_the_lock_goes_with_the_run(toy, capsys):
+    assert toy() == 0
+    staging = toy.out / "sub" / ".staging-k1lled00"
+    staging.mkdir(parents=True)
+    (staging / "table.csv").write_text("half")
+    (toy.out / "evaluate.txt.partial").write_text("half")
+    capsys.readouterr()
+    assert toy() == 0
+    notes = [line for line in capsys.readouterr().out.splitlines() if line.startswith("mscseg: note: removed")]
+    assert notes == [f"mscseg: note: removed 2 leftover(s) of a stopped run in {toy.out.absolute()}: "
+                     "evaluate.txt.partial, sub/.staging-k1lled00"]
+    assert not staging.exists() and not (toy.out / "evaluate.txt.partial").exists()
+    assert not (toy.out / ".mscseg.lock").exists()
+
+
 def test_only_and_from(toy, capsys):
     assert toy() == 0
     capsys.readouterr()

@@ -186,29 +186,49 @@ def test_a_crashed_child_is_reported_in_one_line_with_its_log(child_run, capsys)
     assert stamp["status"] == "failed" and "SIGABRT" in stamp["error"]
 
 
+def _default_sigint() -> None:
+    """In the runner's process: SIGINT back to its default, even when the tests were started ignoring it
+    (a background job, nohup), so that Python turns it into KeyboardInterrupt as at a terminal."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def _poll(condition, deadline_s: float = 120.0) -> bool:
+    """Wait for ``condition`` with a generous deadline (a loaded machine), not a fixed sleep."""
+    end = time.monotonic() + deadline_s
+    while not condition():
+        if time.monotonic() > end:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def _gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
 @pytest.mark.parametrize("to_group", [False, True], ids=["parent only", "terminal (whole group)"])
 def test_ctrl_c_stops_the_child_too(tmp_path, to_group):
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(TESTS), str(TESTS.parent)]))
     script = ("import sys; from mscseg import run; run.STEP_FACTORY = 'child_steps:build'; "
               f"sys.exit(run.main(['--config', 'tiny', '--out', {str(tmp_path)!r}, '--only', 'child_sleep']))")
     parent = subprocess.Popen([sys.executable, "-c", script], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              start_new_session=True)
+                              start_new_session=True, preexec_fn=_default_sigint)
     marker = tmp_path / "sleeping.txt"
-    deadline = time.time() + 120
-    while not marker.is_file() and time.time() < deadline and parent.poll() is None:
-        time.sleep(0.2)
-    assert marker.is_file(), parent.communicate()
-    time.sleep(0.3)
+    started = _poll(lambda: (marker.is_file() and marker.read_text() != "") or parent.poll() is not None)
+    assert started and parent.poll() is None, parent.communicate()
     child = int(marker.read_text())
     if to_group:
         os.killpg(parent.pid, signal.SIGINT)
     else:
         parent.send_signal(signal.SIGINT)
-    assert parent.wait(timeout=90) == 130
-    time.sleep(0.2)
-    with pytest.raises(ProcessLookupError):
-        os.kill(child, 0)
+    assert parent.wait(timeout=120) == 130
+    assert _poll(lambda: _gone(child))
     assert json.loads((tmp_path / ".stamps" / "child_sleep.json").read_text())["status"] == "interrupted"
+    assert not (tmp_path / ".mscseg.lock").exists()
 
 
 def test_planning_and_the_steps_without_a_framework_load_neither_framework(tmp_path):

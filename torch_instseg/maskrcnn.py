@@ -30,6 +30,7 @@ import numpy as np
 
 from data.cli import add_dataset_arguments, make_parser, open_dataset, run_cli
 from data.errors import MscsegError
+from data.lock import lock_output_folder
 from data.outputs import check_can_write
 from data.run_record import HISTORY_CSV, RUN_JSON, RunRecord, check_resume, library_versions, read_record
 
@@ -964,6 +965,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if _distributed()[1] == 0:
+        lock_output_folder(args.out)
     settings = MaskRCNNSettings(
         image_size=args.image_size, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
         weights=args.weights, detections_per_image=args.detections_per_image, num_workers=args.num_workers, seed=args.seed,

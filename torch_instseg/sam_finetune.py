@@ -40,7 +40,6 @@ torch and segment-anything are imported inside functions only.
 from __future__ import annotations
 
 import math
-import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -49,7 +48,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from data.errors import DatasetError
-from data.outputs import check_can_write
+from data.outputs import check_can_write, replace_atomically
 
 from .errors import InstsegError
 from .names import TRAINABLE_PARTS
@@ -433,9 +432,7 @@ def load_or_embed(sam, dataset, names: Sequence[str], cache_path: Path | None, k
 def _atomic_torch_save(obj: Any, path: Path) -> None:
     import torch
 
-    partial = path.with_name(path.name + ".partial")
-    torch.save(obj, str(partial))
-    os.replace(partial, path)
+    replace_atomically(path, lambda partial: torch.save(obj, str(partial)))
 
 
 # ---------------------------------------------------------------- one step
@@ -858,10 +855,12 @@ def _main(argv: Sequence[str] | None = None) -> int:
     from data.split import make_split, read_split
 
     from data.cli import open_dataset
+    from data.lock import lock_output_folder
 
     from .weights import SAM_CHECKPOINT_FILES
 
     args = build_parser().parse_args(argv)
+    lock_output_folder(args.out)
     checkpoint = args.checkpoint
     if checkpoint is None and args.variant not in SAM_CHECKPOINT_FILES:
         checkpoint = "none"

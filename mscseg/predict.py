@@ -25,11 +25,15 @@ network sees padding) and rise linearly over the overlap; every pixel, the last 
 column included, is covered. Every measurement is in the original image's pixels.
 
 Minimum cell area: by default half the 1st percentile of the training cells' areas
-(recorded by ``semseg-train``), rescaled to the new images' pixels; ``--min-area``
-overrides; the value and its source are in predict.json and counts.csv.
+(recorded by ``semseg-train`` and ``instseg-train``), rescaled to the new images' pixels;
+``--min-area`` overrides; the value and its source are in predict.json and counts.csv.
 
-Mask R-CNN runs (torchvision runs at any size): scale 1 unless ``--scale``; default tile
-512, run at the tile's own size (no resizing). Instances are merged by ownership: each pixel belongs to the tile whose
+Mask R-CNN runs: ``instseg-train`` records the magnification its images met the network
+at (the optional resize to ``image_size``, then torchvision's internal resize to
+``min_size``/``max_size``); predict resizes each new image by that factor per axis and
+runs it in tiles of 512 pixels at the tiles' own size (no internal resizing), so cells
+meet the network at their training size. ``--scale`` overrides; a run without a recorded
+geometry uses scale 1. Instances are merged by ownership: each pixel belongs to the tile whose
 centre is nearest, and an instance is kept from the tile that owns its centroid, so a
 cell cut by one tile's edge is taken from the tile that sees it whole (when the overlap
 is wider than the cell).
@@ -173,19 +177,26 @@ def run_kind(run_dir: Path) -> str:
 
 
 def load_model(run_dir: str | Path, which: str = "best", device: str | None = None) -> LoadedModel:
+    """The model of a run folder with the training geometry its run record holds (``RunRecord.geometry``)."""
+    from data.errors import MscsegError
+    from data.run_record import read_record
+
     run_dir = Path(run_dir)
     kind = run_kind(run_dir)
+    try:
+        geometry = read_record(run_dir).geometry
+    except MscsegError as error:
+        raise RunError(error.problem, error.path) from None
     if kind == "semantic":
         from keras_semseg.predict import load_run
 
         model, settings = load_run(run_dir, which)
-        return LoadedModel(kind, str(settings.get("model", run_dir.name)), model, int(settings["image_size"]), run_dir,
-                           settings.get("geometry") or (settings.get("details") or {}).get("geometry"))
+        return LoadedModel(kind, str(settings.get("model", run_dir.name)), model, int(settings["image_size"]), run_dir, geometry)
     from torch_instseg.maskrcnn import load_model as load_maskrcnn
 
     model = load_maskrcnn(run_dir, which=which, device=device)
     size = getattr(model, "mscseg_image_size", None)
-    return LoadedModel(kind, "maskrcnn", model, int(size) if size else None, run_dir)
+    return LoadedModel(kind, "maskrcnn", model, int(size) if size else None, run_dir, geometry)
 
 
 def default_threshold(loaded: LoadedModel) -> tuple[float, str]:
@@ -328,13 +339,15 @@ def instance_labels(
     return relabel(labels, scores)
 
 
-def resize_image(image: np.ndarray, scale: float) -> np.ndarray:
-    """H x W x 3 image resized by ``scale`` (bilinear, antialiased when shrinking)."""
+def resize_image(image: np.ndarray, scale: float | tuple[float, float]) -> np.ndarray:
+    """H x W x 3 image resized by ``scale`` (one factor, or (y, x)); bilinear, antialiased when shrinking."""
     from skimage.transform import resize
 
+    scale_y, scale_x = (scale, scale) if np.isscalar(scale) else scale
     height, width = image.shape[:2]
-    shape = (max(1, int(round(height * scale))), max(1, int(round(width * scale))))
-    return resize(image, shape + image.shape[2:], order=1, anti_aliasing=scale < 1, preserve_range=True).astype(np.float32)
+    shape = (max(1, int(round(height * scale_y))), max(1, int(round(width * scale_x))))
+    return resize(image, shape + image.shape[2:], order=1, anti_aliasing=min(scale_y, scale_x) < 1,
+                  preserve_range=True).astype(np.float32)
 
 
 def resize_back(array: np.ndarray, shape: tuple[int, int], labels: bool) -> np.ndarray:
@@ -428,17 +441,22 @@ class Scaling:
 
 
 def choose_scaling(loaded: LoadedModel, scale: float | None) -> Scaling:
-    """``--scale`` when given; else the training geometry of a semantic run (its native size -> image_size); else 1."""
+    """``--scale`` when given; else the run's training geometry (the magnification its images met the network at); else 1."""
     if scale is not None:
         if not 0.01 <= scale <= 100:
             raise RunError(f"--scale must be between 0.01 and 100, got {scale}")
         return Scaling(float(scale), float(scale), "--scale")
     geometry = loaded.geometry
-    if loaded.kind == "semantic" and geometry:
-        return Scaling(float(geometry["scale_y"]), float(geometry["scale_x"]),
-                       f"training geometry: {geometry['native_width']}x{geometry['native_height']} px images resized whole to "
-                       f"{geometry['image_size']}x{geometry['image_size']}")
-    return Scaling(1.0, 1.0, "default 1 (the run recorded no training geometry)")
+    if not geometry:
+        return Scaling(1.0, 1.0, "default 1 (the run recorded no training geometry)")
+    native = f"training geometry: {geometry['native_width']}x{geometry['native_height']} px images"
+    size = geometry.get("image_size")
+    if loaded.kind == "semantic":
+        return Scaling(float(geometry["scale_y"]), float(geometry["scale_x"]), f"{native} resized whole to {size}x{size}")
+    resized = f" resized to {size}x{size}," if size else ""
+    return Scaling(float(geometry["scale_y"]), float(geometry["scale_x"]),
+                   f"{native}{resized} then by torchvision's internal factor {geometry.get('internal_resize', 1):.4g} "
+                   f"(min_size {geometry.get('min_size')}, max_size {geometry.get('max_size')})")
 
 
 def size_note(name: str, height: int, width: int, geometry: dict | None, tiles: int) -> str:
@@ -496,7 +514,8 @@ def label_image(loaded: "LoadedModel", image: np.ndarray, threshold: float, scal
         labels = components(probability > np.float32(threshold), min_area)
         n_tiles = len(tile_starts(height, tile_px[0], overlap_px[0])) * len(tile_starts(width, tile_px[1], overlap_px[1]))
         return labels, {}, probability, n_tiles
-    work = resize_image(image, scaling.isotropic) if scaling.isotropic != 1 else image
+    scaled = (scaling.scale_y, scaling.scale_x) != (1.0, 1.0)
+    work = resize_image(image, (scaling.scale_y, scaling.scale_x)) if scaled else image
     labels, scores = instance_labels(loaded, work, tile_px[0], overlap_px[0], threshold, device)
     labels = resize_back(labels, (height, width), labels=True)
     labels, scores = relabel(labels, scores)
@@ -545,9 +564,9 @@ def predict_folder(
 ) -> pd.DataFrame:
     """Predict every image, write the outputs listed in the module docstring; returns counts.csv's table.
 
-    ``scale`` None: the training geometry (semantic runs that recorded it), else 1.
+    ``scale`` None: the run's training geometry (``RunRecord.geometry``), else 1.
     ``min_area`` None: half the training cells' 1st-percentile area rescaled to the new
-    images (semantic runs with a training geometry), else 0. ``coco``: also write the
+    images (runs with a training geometry), else 0. ``coco``: also write the
     cells as COCO results (RLE masks; score = instance score, or mean probability for a
     semantic run) with image ids from ``coco_gt`` when given. ``outputs``: ROI zips, GeoJSON
     and the pixel size for every image (``exports.OutputOptions``; default: each image's metadata).
@@ -600,7 +619,7 @@ def predict_folder(
             labels, scores, probability, n_tiles = label_image(loaded, image, threshold, scaling, tile_px, overlap_px,
                                                                min_area, device)
             mask = labels > 0
-            note = size_note(name, height, width, loaded.geometry if loaded.kind == "semantic" else None, n_tiles)
+            note = size_note(name, height, width, loaded.geometry, n_tiles)
             if note:
                 notes.append(note)
                 if not quiet:
@@ -680,8 +699,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", required=True, type=Path, help="output folder")
     parser.add_argument("--threshold", type=float, help="probability (semantic) or score (instance) threshold")
     parser.add_argument("--scale", type=float, default=None,
-                        help="resize images by this factor first (model pixels per image pixel); default: as training resized "
-                        "its images (semantic runs), else 1")
+                        help="resize images by this factor first (model pixels per image pixel); default: the magnification "
+                        "the training images met the network at (recorded in run.json), else 1")
     parser.add_argument("--tile", type=int, help="tile size in pixels of the scaled image (default: the semantic model's "
                         f"input size; {INSTANCE_TILE} for Mask R-CNN)")
     parser.add_argument("--overlap", type=int, help="overlap between tiles in pixels (default: a quarter of the tile)")
@@ -709,8 +728,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    lock_output_folder(args.out)
     outputs = OutputOptions(args.rois, args.geojson, given_pixel_size(args.pixel_size))
+    lock_output_folder(args.out)
     table = predict_folder(args.model, args.images, args.out, threshold=args.threshold, scale=args.scale, tile=args.tile,
                            overlap=args.overlap, min_area=args.min_area, which=args.which, device=args.device,
                            recursive=args.recursive, overwrite=args.overwrite, quiet=False, coco=args.coco,

@@ -17,7 +17,6 @@ import math
 import os
 import sys
 import time
-from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -28,77 +27,18 @@ from data.cli import add_dataset_arguments, make_parser, open_dataset, run_cli
 from data.errors import MscsegError
 from data.geometry import training_geometry
 from data.lock import has_content, lock_output_folder
+from data.settings import add_arguments, field_names, from_arguments
 from data.run_record import HISTORY_CSV, RUN_JSON, RunRecord, check_resume, read_record
 
 from .errors import SemsegError
-from .registry import TENSORFLOW_HINT, check_image_size, get_entry
+from .registry import TENSORFLOW_HINT, get_entry
+from .settings import EVAL_WEIGHTS, LR_SCHEDULES, TrainRecipe, TrainSettings
 from .tf_env import tensorflow
 
 HISTORY_COLUMNS = ["epoch", "loss", "pixel_accuracy", "val_loss", "val_pixel_accuracy", "time_s"]
 RUN_FILES = (RUN_JSON, HISTORY_CSV, "best.weights.h5", "last.weights.h5", "last.optimizer.npz")
-RESUME_KEYS = ("model", "image_size", "batch_size", "encoder_weights", "augment", "mixed_precision", "seed", "model_options",
-               "steps_per_epoch", "lr_schedule", "batchnorm_momentum")
-LR_SCHEDULES = ("constant", "cosine")
-EVAL_WEIGHTS = ("best", "last")
-
-
-@dataclass
-class TrainSettings:
-    """The recipe of one semantic training run (recorded in run.json's ``settings``)."""
-
-    model: str
-    image_size: int = 256
-    epochs: int = 100
-    batch_size: int = 8
-    encoder_weights: Any = "imagenet"
-    augment: bool = True
-    mixed_precision: bool = False
-    seed: int = 0
-    model_options: dict = field(default_factory=dict)
-    steps_per_epoch: int | None = None
-    lr_schedule: str = "constant"
-    batchnorm_momentum: float | None = None
-    eval_weights: str = "best"
-
-    def checked(self) -> "TrainSettings":
-        """A copy with checked values; ``SemsegError`` for an unknown model, size, epochs or batch size."""
-        get_entry(self.model)
-        size = check_image_size(self.image_size)
-        if int(self.epochs) != self.epochs or self.epochs < 1:
-            raise SemsegError(f"epochs must be a positive integer, got {self.epochs}")
-        if int(self.batch_size) != self.batch_size or self.batch_size < 1:
-            raise SemsegError(f"batch size must be a positive integer, got {self.batch_size}")
-        if self.steps_per_epoch is not None and (int(self.steps_per_epoch) != self.steps_per_epoch or self.steps_per_epoch < 1):
-            raise SemsegError(f"steps per epoch must be a positive integer or none, got {self.steps_per_epoch}")
-        schedule = str(self.lr_schedule or "constant").lower()
-        if schedule not in LR_SCHEDULES:
-            raise SemsegError(f"unknown learning-rate schedule '{self.lr_schedule}'; valid: {', '.join(LR_SCHEDULES)}")
-        if self.batchnorm_momentum is not None and not 0.0 <= float(self.batchnorm_momentum) < 1.0:
-            raise SemsegError(f"batch-norm momentum must be in [0, 1) or none, got {self.batchnorm_momentum}")
-        if self.eval_weights not in EVAL_WEIGHTS:
-            raise SemsegError(f"eval_weights must be one of {', '.join(EVAL_WEIGHTS)}, got '{self.eval_weights}'")
-        return replace(self, image_size=size, epochs=int(self.epochs), batch_size=int(self.batch_size),
-                       steps_per_epoch=None if self.steps_per_epoch is None else int(self.steps_per_epoch), lr_schedule=schedule,
-                       seed=int(self.seed), augment=bool(self.augment), mixed_precision=bool(self.mixed_precision),
-                       model_options=dict(self.model_options or {}))
-
-    def to_record(self) -> dict:
-        from .pipeline import Augmentation
-
-        entry = get_entry(self.model)
-        return {
-            **asdict(self),
-            "encoder_weights": "none" if self.encoder_weights is None else str(self.encoder_weights),
-            "target": entry.target,
-            "augmentation": Augmentation().to_dict() if self.augment else None,
-            "loss": "model's own" if entry.compiles_itself else "binary_crossentropy",
-            "optimizer": "Adam (tf.keras.optimizers.legacy.Adam, Keras defaults: learning rate 0.001, betas 0.9/0.999, epsilon 1e-7)"
-                         + ("; learning rate 0.001 decayed to 0 by a cosine over all training steps" if self.lr_schedule == "cosine" else ""),
-        }
-
-    def train_steps(self, n_train: int) -> int:
-        """Optimiser steps per epoch: ``steps_per_epoch`` (the training images repeated) or one pass over ``n_train``."""
-        return self.steps_per_epoch or math.ceil(n_train / self.batch_size)
+RESUME_KEYS = tuple(name for name in field_names(TrainSettings) if name not in ("epochs", "eval_weights"))
+__all__ = ["EVAL_WEIGHTS", "LR_SCHEDULES", "TrainRecipe", "TrainSettings", "train_model"]
 
 
 def _check_split(split: dict, dataset: Dataset, split_path: str | Path | None) -> tuple[list[str], list[str]]:
@@ -391,12 +331,13 @@ def train_model(
     overwrite: bool = False,
     quiet: bool = False,
     split_path: str | Path | None = None,
+    settings: TrainRecipe | None = None,
     **recipe: Any,
 ) -> dict:
     """Train ``model_name`` on ``split["train"]``, validate on ``split["val"]``; returns what run.json holds.
 
-    ``recipe``: the fields of ``TrainSettings`` (image_size, epochs, batch_size, encoder_weights,
-    augment, mixed_precision, seed, model_options, steps_per_epoch, lr_schedule, batchnorm_momentum). Binary cross-entropy and Adam (lr 1e-3)
+    ``settings`` (a ``TrainSettings`` or ``TrainRecipe``) and/or ``recipe`` (its fields as keywords,
+    which win) are the recipe. Binary cross-entropy and Adam (lr 1e-3)
     unless the model trains itself (Mask R-CNN). ``resume`` continues an unfinished run in
     ``out_dir`` from its last epoch (same settings and split required; a finished run is
     returned as it is, or extended when ``epochs`` is larger; an empty or missing ``out_dir``
@@ -409,7 +350,8 @@ def train_model(
     except ImportError:
         raise SemsegError(TENSORFLOW_HINT) from None
     try:
-        settings = TrainSettings(model_name, **recipe).checked()
+        given = {} if settings is None else {name: getattr(settings, name) for name in field_names(type(settings))}
+        settings = TrainSettings(**{**given, **recipe, "model": model_name}).checked()
     except TypeError as error:
         raise SemsegError(f"unknown training setting ({error})") from None
     train, val = _check_split(split, dataset, split_path)
@@ -477,23 +419,14 @@ def _batches(dataset: Dataset, train: list[str], val: list[str], settings: Train
 
 
 def _parser() -> argparse.ArgumentParser:
-    from .registry import available_models
-
     parser = make_parser("semseg-train", description=__doc__.splitlines()[0])
     add_dataset_arguments(parser)
     parser.add_argument("--split", required=True, help="split JSON; made (80:20, --seed) if it does not exist")
-    parser.add_argument("--model", required=True, help=f"one of: {', '.join(available_models())}")
     parser.add_argument("--out", required=True, help="output folder of this training run")
-    parser.add_argument("--epochs", type=int, default=100)
-    parser.add_argument("--image-size", type=int, default=256, help="training size, a multiple of 32 (default 256)")
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--encoder-weights", default="imagenet", help="imagenet, none, or a path to a Keras .h5 file")
-    parser.add_argument("--no-augment", action="store_true", help="train without flips, rotations and zoom")
+    add_arguments(parser, TrainSettings)
     parser.add_argument("--resume", action="store_true", help="continue an unfinished run in --out")
     parser.add_argument("--overwrite", action="store_true", help="replace a previous run in --out")
     parser.add_argument("--quiet", action="store_true", help="one line per epoch instead of a progress bar")
-    parser.add_argument("--mixed-precision", action="store_true", help="float16 compute (GPU), float32 output")
-    parser.add_argument("--seed", type=int, default=0)
     return parser
 
 
@@ -501,16 +434,13 @@ def _main(argv: Sequence[str] | None = None) -> int:
     from data.split import load_or_make_split
 
     args = _parser().parse_args(argv)
+    settings = from_arguments(TrainSettings, args).checked()
     lock_output_folder(args.out)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     dataset = open_dataset(args)
     split = load_or_make_split(args.split, dataset.names, seed=args.seed, source=str(args.data))
-    result = train_model(
-        args.model, dataset, split, args.out, image_size=args.image_size, epochs=args.epochs,
-        batch_size=args.batch_size, encoder_weights=args.encoder_weights, augment=not args.no_augment,
-        resume=args.resume, overwrite=args.overwrite, quiet=args.quiet, mixed_precision=args.mixed_precision,
-        seed=args.seed, split_path=args.split,
-    )
+    result = train_model(args.model, dataset, split, args.out, settings=settings, resume=args.resume,
+                         overwrite=args.overwrite, quiet=args.quiet, split_path=args.split)
     print(f"{args.model}: best epoch {result.get('best_epoch')} (val_loss {result.get('best_loss')}), "
           f"{result.get('wall_time_s')} s -> {args.out}")
     return 0

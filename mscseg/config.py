@@ -2,7 +2,10 @@
 
 A config file is a mapping with ``name`` (the results folder's name; default the
 file's stem), ``description`` and the sections ``semantic``, ``instance`` and
-``stats`` (every key optional; defaults below are the paper's settings). It may
+``stats`` (every key optional). The training settings of a section are the package's
+own settings dataclass (``keras_semseg.settings.TrainRecipe``,
+``torch_instseg.settings.MaskRCNNSettings``, ``FinetuneSettings``): their defaults (the
+papers' values) and checks; a section adds only what the run needs besides. It may
 start from a preset with ``base: paper`` (or ``small``, ``tiny``, or a path to
 another config file) and change only some keys; mappings are merged key by key,
 except ``dataset`` and ``max_dets``, which are replaced whole; the base's ``name``
@@ -15,7 +18,7 @@ project (``dataset: {synthetic: {n_images, size, density, seed}}``). Relative
 paths are read from the current directory; ``~`` and ``$VARS`` are expanded.
 
 Every problem is a ``RunError`` with one line naming the file, the key and the
-fix (unknown keys list the valid ones).
+fix (unknown keys list the valid ones); the checks report every bad value at once.
 """
 from __future__ import annotations
 
@@ -29,11 +32,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from data.settings import Problem
 from keras_semseg.registry import MODELS
+from keras_semseg.settings import TrainRecipe
 from keras_semseg.sweep import METRICS as SWEEP_METRICS
 from stats.posthoc import POSTHOC_TESTS as POSTHOC_REGISTRY
 from torch_instseg.names import INTERPOLATIONS, PROMPT_MODES, PROMPT_SOURCES, SCORE_SOURCES, TRAINABLE_PARTS
 from torch_instseg.sam import SAM_VARIANTS as SAM_VARIANT_REGISTRY
+from torch_instseg.settings import FinetuneSettings, MaskRCNNSettings, normalize_checkpoint, untrained_start
 
 from .errors import RunError
 
@@ -47,8 +53,23 @@ SAM_TRAINABLE = TRAINABLE_PARTS
 SAM_PROMPT_SOURCES = PROMPT_SOURCES
 DENSITY_NAMES = ("sparse", "medium", "dense")
 POSTHOC_TESTS = tuple(POSTHOC_REGISTRY)
-LR_SCHEDULES = ("constant", "cosine")
-INSTANCE_LR_SCHEDULES = ("plateau", "cosine")
+def _per_model(setting: str) -> Any:
+    """A config key mapping each model name to a value of the training settings' field ``setting``."""
+    return field(default_factory=dict, metadata={"per_model": setting})
+
+
+class Problems(list):
+    """Every problem found in a config, each as ``dotted.key: problem`` (reported together, one line)."""
+
+    def require(self, ok: bool, where: str, key: str, problem: str) -> bool:
+        if not ok:
+            self.append(_label(where, key, problem))
+        return ok
+
+    def add(self, where: str, found: typing.Iterable[Problem]) -> None:
+        """The problems a package's ``problems()`` returned, their field names under ``where``."""
+        for key, problem in found:
+            self.append(_label(where, key, problem))
 
 
 @dataclass
@@ -60,17 +81,17 @@ class SyntheticData:
     density: str | float = "medium"
     seed: int = 0
 
-    def check(self, where: str) -> None:
-        _require(self.n_images >= 2, where, "n_images", f"needs at least 2 images to split, got {self.n_images}")
-        _require(self.size >= 32, where, "size", f"must be at least 32 pixels, got {self.size}")
+    def check(self, where: str, problems: Problems) -> None:
+        problems.require(self.n_images >= 2, where, "n_images", f"needs at least 2 images to split, got {self.n_images}")
+        problems.require(self.size >= 32, where, "size", f"must be at least 32 pixels, got {self.size}")
         if isinstance(self.density, str):
             try:
                 float(self.density)
             except ValueError:
-                _require(self.density in DENSITY_NAMES, where, "density",
-                         f"'{self.density}' is not one of {', '.join(DENSITY_NAMES)} or a number of cells per image")
+                problems.require(self.density in DENSITY_NAMES, where, "density",
+                                 f"'{self.density}' is not one of {', '.join(DENSITY_NAMES)} or a number of cells per image")
         else:
-            _require(self.density > 0, where, "density", f"must be positive, got {self.density}")
+            problems.require(self.density > 0, where, "density", f"must be positive, got {self.density}")
 
 
 @dataclass
@@ -82,13 +103,14 @@ class DatasetConfig:
     options: dict = field(default_factory=dict)
     synthetic: SyntheticData | None = None
 
-    def check(self, where: str) -> None:
-        if (self.path is None) == (self.synthetic is None):
-            raise _error(where, "", "give exactly one of 'path' (a dataset folder or file) or 'synthetic' ({n_images, size, density, seed})")
+    def check(self, where: str, problems: Problems) -> None:
+        if not problems.require((self.path is None) != (self.synthetic is None), where, "",
+                                "give exactly one of 'path' (a dataset folder or file) or 'synthetic' ({n_images, size, density, seed})"):
+            return
         if self.synthetic is not None:
-            _require(self.format is None and not self.options, where, "format",
-                     "'format' and 'options' apply to a dataset 'path', not to synthetic data")
-            self.synthetic.check(f"{where}.synthetic")
+            problems.require(self.format is None and not self.options, where, "format",
+                             "'format' and 'options' apply to a dataset 'path', not to synthetic data")
+            self.synthetic.check(f"{where}.synthetic", problems)
         else:
             self.path = os.path.expandvars(os.path.expanduser(self.path))
 
@@ -107,65 +129,46 @@ class SplitConfig:
     val_fraction: float = 0.2
     seed: int = 0
 
-    def check(self, where: str) -> None:
-        _require(0.0 < self.val_fraction < 1.0, where, "val_fraction", f"must be between 0 and 1, got {self.val_fraction}")
+    def check(self, where: str, problems: Problems) -> None:
+        problems.require(0.0 < self.val_fraction < 1.0, where, "val_fraction", f"must be between 0 and 1, got {self.val_fraction}")
 
 
 @dataclass
-class SemanticConfig:
-    """Study A: four Keras models, threshold sweep, statistics, Figures 1-4."""
+class SemanticConfig(TrainRecipe):
+    """Study A: four Keras models, threshold sweep, statistics, Figures 1-4.
+
+    The training recipe (image_size ... eval_weights) is ``keras_semseg.settings.TrainRecipe``:
+    its defaults and checks are the trainer's own. ``model_options`` and
+    ``steps_per_epoch_by_model`` give a model its own ``model_options`` / ``steps_per_epoch``.
+    """
 
     enabled: bool = True
     dataset: DatasetConfig = field(default_factory=lambda: DatasetConfig(synthetic=SyntheticData(density="medium")))
     split: SplitConfig = field(default_factory=SplitConfig)
     models: list[str] = field(default_factory=lambda: list(SEMANTIC_MODELS))
-    image_size: int = 512
-    epochs: int = 100
-    batch_size: int = 8
-    encoder_weights: str | None = "imagenet"
-    augment: bool = True
-    mixed_precision: bool = False
-    seed: int = 0
-    model_options: dict = field(default_factory=dict)
-    steps_per_epoch: int | None = None
-    steps_per_epoch_by_model: dict = field(default_factory=dict)
-    lr_schedule: str = "constant"
-    batchnorm_momentum: float | None = None
-    eval_weights: str = "best"
+    model_options: dict = _per_model("model_options")
+    steps_per_epoch_by_model: dict = _per_model("steps_per_epoch")
     metrics: list[str] = field(default_factory=lambda: list(SEMANTIC_METRICS))
     figure_images: int = 3
 
-    def check(self, where: str) -> None:
-        self.dataset.check(f"{where}.dataset")
-        self.split.check(f"{where}.split")
-        _require(len(self.models) > 0, where, "models", f"list at least one of {', '.join(SEMANTIC_MODELS)}")
+    def check(self, where: str, problems: Problems) -> None:
+        self.dataset.check(f"{where}.dataset", problems)
+        self.split.check(f"{where}.split", problems)
+        problems.add(where, TrainRecipe.problems(self))
+        problems.require(len(self.models) > 0, where, "models", f"list at least one of {', '.join(SEMANTIC_MODELS)}")
         for model in self.models:
-            _require(model in SEMANTIC_MODELS, where, "models", f"unknown model '{model}'{_suggest(model, SEMANTIC_MODELS)}; valid: {', '.join(SEMANTIC_MODELS)}")
-        _require(len(set(self.models)) == len(self.models), where, "models", "a model is listed twice")
-        _require(self.image_size >= 32 and self.image_size % 32 == 0, where, "image_size",
-                 f"must be a multiple of 32 and at least 32 (the encoders downsample 5 times), got {self.image_size}")
-        _require(self.epochs >= 1, where, "epochs", f"must be at least 1, got {self.epochs}")
-        _require(self.batch_size >= 1, where, "batch_size", f"must be at least 1, got {self.batch_size}")
-        _require(self.steps_per_epoch is None or self.steps_per_epoch >= 1, where, "steps_per_epoch",
-                 f"must be at least 1 or none (one pass over the training images), got {self.steps_per_epoch}")
+            problems.require(model in SEMANTIC_MODELS, where, "models", f"unknown model '{model}'{_suggest(model, SEMANTIC_MODELS)}; valid: {', '.join(SEMANTIC_MODELS)}")
+        problems.require(len(set(self.models)) == len(self.models), where, "models", "a model is listed twice")
         for name, steps in self.steps_per_epoch_by_model.items():
-            _require(name in SEMANTIC_MODELS, where, "steps_per_epoch_by_model", f"unknown model '{name}'; valid: {', '.join(SEMANTIC_MODELS)}")
-            _require(isinstance(steps, int) and not isinstance(steps, bool) and steps >= 1, where,
-                     f"steps_per_epoch_by_model.{name}", f"must be a positive whole number, got {steps!r}")
-        _require(self.lr_schedule in LR_SCHEDULES, where, "lr_schedule",
-                 f"must be one of {', '.join(LR_SCHEDULES)} (constant: the paper's plain Adam), got '{self.lr_schedule}'")
-        _require(self.batchnorm_momentum is None or 0.0 <= self.batchnorm_momentum < 1.0, where, "batchnorm_momentum",
-                 f"must be in [0, 1) or none (Keras's 0.99), got {self.batchnorm_momentum}")
-        _require(self.eval_weights in ("best", "last"), where, "eval_weights",
-                 f"must be best (lowest validation loss, the default) or last (the final epoch), got '{self.eval_weights}'")
-        _require(self.encoder_weights in (None, "imagenet"), where, "encoder_weights",
-                 f"must be 'imagenet' or none (random initialisation), got '{self.encoder_weights}'")
+            problems.require(name in SEMANTIC_MODELS, where, "steps_per_epoch_by_model", f"unknown model '{name}'; valid: {', '.join(SEMANTIC_MODELS)}")
+            problems.require(isinstance(steps, int) and not isinstance(steps, bool) and steps >= 1, where,
+                             f"steps_per_epoch_by_model.{name}", f"must be a positive whole number, got {steps!r}")
         for name, options in self.model_options.items():
-            _require(name in SEMANTIC_MODELS, where, "model_options", f"unknown model '{name}'; valid: {', '.join(SEMANTIC_MODELS)}")
-            _require(isinstance(options, dict), where, f"model_options.{name}", "must be a mapping of option: value")
+            problems.require(name in SEMANTIC_MODELS, where, "model_options", f"unknown model '{name}'; valid: {', '.join(SEMANTIC_MODELS)}")
+            problems.require(isinstance(options, dict), where, f"model_options.{name}", "must be a mapping of option: value")
         for metric in self.metrics:
-            _require(metric in SEMANTIC_METRICS, where, "metrics", f"unknown metric '{metric}'{_suggest(metric, SEMANTIC_METRICS)}; valid: {', '.join(SEMANTIC_METRICS)}")
-        _require(self.figure_images >= 1, where, "figure_images", f"must be at least 1, got {self.figure_images}")
+            problems.require(metric in SEMANTIC_METRICS, where, "metrics", f"unknown metric '{metric}'{_suggest(metric, SEMANTIC_METRICS)}; valid: {', '.join(SEMANTIC_METRICS)}")
+        problems.require(self.figure_images >= 1, where, "figure_images", f"must be at least 1, got {self.figure_images}")
 
 
 @dataclass
@@ -182,81 +185,40 @@ class SamConfig:
     modes: list[str] = field(default_factory=lambda: list(SAM_MODES))
     score: str = "maskrcnn"
 
-    def check(self, where: str) -> None:
-        _require(len(self.modes) > 0, where, "modes", f"list at least one of {', '.join(SAM_MODES)}")
-        for mode in self.modes:
-            _require(mode in SAM_MODES, where, "modes", f"unknown prompt mode '{mode}'{_suggest(mode, SAM_MODES)}; valid: {', '.join(SAM_MODES)}")
-        _require(len(set(self.modes)) == len(self.modes), where, "modes", "a mode is listed twice")
-        _require(self.variant in SAM_VARIANTS, where, "variant", f"unknown SAM variant '{self.variant}'{_suggest(self.variant, SAM_VARIANTS)}; valid: {', '.join(SAM_VARIANTS)} (vit_tiny: small random encoder for demos)")
-        _require(self.score in SAM_SCORES, where, "score", f"must be one of {', '.join(SAM_SCORES)} (the score that ranks SAM masks), got '{self.score}'")
-        if self.checkpoint is not None and self.checkpoint.strip().lower() in ("none", "null", ""):
-            self.checkpoint = None
-        if self.checkpoint is not None:
-            self.checkpoint = os.path.expandvars(os.path.expanduser(self.checkpoint))
+    def check(self, where: str, problems: Problems) -> None:
+        _check_modes(self.modes, where, problems)
+        problems.require(len(set(self.modes)) == len(self.modes), where, "modes", "a mode is listed twice")
+        problems.require(self.variant in SAM_VARIANTS, where, "variant", f"unknown SAM variant '{self.variant}'{_suggest(self.variant, SAM_VARIANTS)}; valid: {', '.join(SAM_VARIANTS)} (vit_tiny: small random encoder for demos)")
+        problems.require(self.score in SAM_SCORES, where, "score", f"must be one of {', '.join(SAM_SCORES)} (the score that ranks SAM masks), got '{self.score}'")
+        self.checkpoint = normalize_checkpoint(self.checkpoint)
 
 
 @dataclass
-class SamFinetuneConfig:
+class SamFinetuneConfig(FinetuneSettings):
     """SAM fine-tuned on the training split (``torch_instseg.sam_finetune``), rows ``sam_ft_<mode>``.
 
-    trainable: ``decoder``, ``decoder+prompt`` (image encoder frozen; each embedding computed
-    once) or ``all`` (a GPU job). checkpoint: the starting weights, as ``sam.checkpoint`` (a file
-    or folder; ``default``: the released file in ``$MSCSEG_SAM_DIR``; ``none``: random weights).
-    focal_weight: null = 20 (the SAM paper's) from a checkpoint, 0 (Dice alone) from random
-    weights. prompt_sources: ``maskrcnn`` (the Mask R-CNN boxes, as the zero-shot rows) and
-    ``gt`` (ground-truth boxes: SAM's mask quality apart from detector misses).
+    Every training setting is ``torch_instseg.settings.FinetuneSettings`` (its defaults and
+    checks). modes: the prompt modes of the rows; prompt_sources: ``maskrcnn`` (the Mask R-CNN
+    boxes, as the zero-shot rows) and ``gt`` (ground-truth boxes: SAM's mask quality apart
+    from detector misses).
     """
 
     enabled: bool = True
-    variant: str = "vit_h"
-    checkpoint: str | None = None
-    trainable: str = "decoder+prompt"
-    epochs: int = 50
-    lr: float = 0.0001
-    weight_decay: float = 0.0001
-    prompts_per_image: int = 25
-    iterations: int = 7
-    positive_points: int = 1
-    negative_points: int = 1
-    point_probability: float = 0.5
-    mask_prompt_probability: float = 0.0
-    focal_weight: float | None = None
-    dice_weight: float = 1.0
-    seed: int = 0
-    max_minutes: float | None = None
     modes: list[str] = field(default_factory=lambda: list(SAM_MODES))
     prompt_sources: list[str] = field(default_factory=lambda: list(SAM_PROMPT_SOURCES))
 
-    def check(self, where: str) -> None:
-        _require(self.variant in SAM_VARIANTS, where, "variant", f"unknown SAM variant '{self.variant}'{_suggest(self.variant, SAM_VARIANTS)}; valid: {', '.join(SAM_VARIANTS)}")
-        _require(self.trainable in SAM_TRAINABLE, where, "trainable", f"must be one of {', '.join(SAM_TRAINABLE)}, got '{self.trainable}'")
-        _require(self.epochs >= 1, where, "epochs", f"must be at least 1, got {self.epochs}")
-        _require(self.lr > 0, where, "lr", f"must be positive, got {self.lr}")
-        _require(self.weight_decay >= 0, where, "weight_decay", f"must be zero or positive, got {self.weight_decay}")
-        _require(self.prompts_per_image >= 1, where, "prompts_per_image", f"must be at least 1, got {self.prompts_per_image}")
-        for key in ("iterations", "positive_points", "negative_points"):
-            _require(getattr(self, key) >= 0, where, key, f"must be zero or more, got {getattr(self, key)}")
-        for key in ("point_probability", "mask_prompt_probability"):
-            _require(0.0 <= getattr(self, key) <= 1.0, where, key, f"must be between 0 and 1, got {getattr(self, key)}")
-        _require(self.focal_weight is None or self.focal_weight >= 0, where, "focal_weight", f"must be zero or positive (or null: automatic), got {self.focal_weight}")
-        _require(self.dice_weight >= 0, where, "dice_weight", f"must be zero or positive, got {self.dice_weight}")
-        _require(self.max_minutes is None or self.max_minutes > 0, where, "max_minutes", f"must be positive (or null), got {self.max_minutes}")
-        _require(len(self.modes) > 0, where, "modes", f"list at least one of {', '.join(SAM_MODES)}")
-        for mode in self.modes:
-            _require(mode in SAM_MODES, where, "modes", f"unknown prompt mode '{mode}'{_suggest(mode, SAM_MODES)}; valid: {', '.join(SAM_MODES)}")
+    def check(self, where: str, problems: Problems) -> None:
+        problems.add(where, FinetuneSettings.problems(self))
+        _check_modes(self.modes, where, problems)
         for source in self.prompt_sources:
-            _require(source in SAM_PROMPT_SOURCES, where, "prompt_sources", f"unknown prompt source '{source}'; valid: {', '.join(SAM_PROMPT_SOURCES)}")
-        if self.checkpoint is not None and self.checkpoint.strip().lower() in ("none", "null", ""):
-            self.checkpoint = None
-        if self.checkpoint is not None:
-            self.checkpoint = os.path.expandvars(os.path.expanduser(self.checkpoint))
+            problems.require(source in SAM_PROMPT_SOURCES, where, "prompt_sources", f"unknown prompt source '{source}'; valid: {', '.join(SAM_PROMPT_SOURCES)}")
+        self.checkpoint = normalize_checkpoint(self.checkpoint)
 
-    def finetune_settings(self) -> dict[str, Any]:
-        """The keyword settings of ``torch_instseg.sam_finetune.FinetuneSettings`` (checkpoint None -> 'none', 'default' -> None)."""
-        skip = ("enabled", "modes", "prompt_sources")
-        settings = {key: value for key, value in asdict(self).items() if key not in skip}
-        settings["checkpoint"] = "none" if self.checkpoint is None else (None if self.checkpoint == "default" else self.checkpoint)
-        return settings
+
+def _check_modes(modes: list[str], where: str, problems: Problems) -> None:
+    problems.require(len(modes) > 0, where, "modes", f"list at least one of {', '.join(SAM_MODES)}")
+    for mode in modes:
+        problems.require(mode in SAM_MODES, where, "modes", f"unknown prompt mode '{mode}'{_suggest(mode, SAM_MODES)}; valid: {', '.join(SAM_MODES)}")
 
 
 @dataclass
@@ -266,68 +228,56 @@ class EvaluationConfig:
     interpolations: list[int] = field(default_factory=lambda: list(INTERPOLATIONS))
     max_dets: dict = field(default_factory=lambda: {11: 300, 101: 100})
 
-    def check(self, where: str) -> None:
-        _require(len(self.interpolations) > 0, where, "interpolations", f"list at least one of {', '.join(map(str, INTERPOLATIONS))}")
+    def check(self, where: str, problems: Problems) -> None:
+        problems.require(len(self.interpolations) > 0, where, "interpolations", f"list at least one of {', '.join(map(str, INTERPOLATIONS))}")
         caps = {}
         for name, cap in self.max_dets.items():
             try:
                 key = int(str(name).removesuffix("point"))
             except ValueError:
                 key = None
-            _require(key in INTERPOLATIONS, where, "max_dets", f"unknown interpolation '{name}'; valid: {', '.join(map(str, INTERPOLATIONS))}")
-            _require(isinstance(cap, int) and not isinstance(cap, bool) and cap >= 1, where, f"max_dets.{name}", f"must be a positive whole number, got {cap!r}")
-            caps[key] = cap
+            known = problems.require(key in INTERPOLATIONS, where, "max_dets", f"unknown interpolation '{name}'; valid: {', '.join(map(str, INTERPOLATIONS))}")
+            whole = problems.require(isinstance(cap, int) and not isinstance(cap, bool) and cap >= 1, where, f"max_dets.{name}", f"must be a positive whole number, got {cap!r}")
+            if known and whole:
+                caps[key] = cap
         self.max_dets = caps
         for name in self.interpolations:
-            _require(name in INTERPOLATIONS, where, "interpolations", f"unknown interpolation {name}; valid: {', '.join(map(str, INTERPOLATIONS))} (recall points)")
-            _require(name in self.max_dets, where, "max_dets", f"give the detection cap for {name} (e.g. max_dets: {{{name}: 100}})")
-        _require(len(set(self.interpolations)) == len(self.interpolations), where, "interpolations", "an interpolation is listed twice")
+            if problems.require(name in INTERPOLATIONS, where, "interpolations", f"unknown interpolation {name}; valid: {', '.join(map(str, INTERPOLATIONS))} (recall points)"):
+                problems.require(name in self.max_dets, where, "max_dets", f"give the detection cap for {name} (e.g. max_dets: {{{name}: 100}})")
+        problems.require(len(set(self.interpolations)) == len(self.interpolations), where, "interpolations", "an interpolation is listed twice")
 
 
 @dataclass
-class InstanceConfig:
-    """Study B: Mask R-CNN (torchvision) vs SAM prompted with its boxes."""
+class InstanceConfig(MaskRCNNSettings):
+    """Study B: Mask R-CNN (torchvision) vs SAM prompted with its boxes.
+
+    The Mask R-CNN training settings (image_size ... lr_schedule, model_options) are
+    ``torch_instseg.settings.MaskRCNNSettings``: its defaults and checks, the builder's
+    refusal of a model option included.
+    """
 
     enabled: bool = True
     dataset: DatasetConfig = field(default_factory=lambda: DatasetConfig(synthetic=SyntheticData(density="dense")))
     split: SplitConfig = field(default_factory=SplitConfig)
-    image_size: int = 512
-    epochs: int = 50
-    batch_size: int = 2
-    lr: float = 0.003
-    weight_decay: float = 0.0005
-    weights: str | None = "coco"
-    detections_per_image: int = 300
     score_threshold: float = 0.05
     device: str = "auto"
-    seed: int = 0
-    model_options: dict = field(default_factory=dict)
-    lr_schedule: str = "plateau"
     sam: SamConfig = field(default_factory=SamConfig)
     sam_finetune: SamFinetuneConfig = field(default_factory=SamFinetuneConfig)
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     figure_images: int = 3
 
-    def check(self, where: str) -> None:
-        self.dataset.check(f"{where}.dataset")
-        self.split.check(f"{where}.split")
-        _require(self.image_size >= 32, where, "image_size", f"must be at least 32, got {self.image_size}")
-        _require(self.epochs >= 1, where, "epochs", f"must be at least 1, got {self.epochs}")
-        _require(self.batch_size >= 1, where, "batch_size", f"must be at least 1, got {self.batch_size}")
-        _require(self.lr > 0, where, "lr", f"must be positive, got {self.lr}")
-        _require(self.weight_decay >= 0, where, "weight_decay", f"must be zero or positive, got {self.weight_decay}")
-        _require(self.lr_schedule in INSTANCE_LR_SCHEDULES, where, "lr_schedule",
-                 f"must be one of {', '.join(INSTANCE_LR_SCHEDULES)} (plateau: the paper's), got '{self.lr_schedule}'")
-        _require(self.weights in (None, "coco"), where, "weights", f"must be 'coco' or none (random initialisation), got '{self.weights}'")
-        _require(self.detections_per_image >= 1, where, "detections_per_image", f"must be at least 1, got {self.detections_per_image}")
-        _require(0.0 <= self.score_threshold < 1.0, where, "score_threshold",
-                 f"must be at least 0 and below 1 (the Mask R-CNN score a detection needs to be kept), got {self.score_threshold}")
-        _require(self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"), where, "device",
-                 f"must be auto, cpu, cuda or cuda:N, got '{self.device}'")
-        self.sam.check(f"{where}.sam")
-        self.sam_finetune.check(f"{where}.sam_finetune")
-        self.evaluation.check(f"{where}.evaluation")
-        _require(self.figure_images >= 1, where, "figure_images", f"must be at least 1, got {self.figure_images}")
+    def check(self, where: str, problems: Problems) -> None:
+        self.dataset.check(f"{where}.dataset", problems)
+        self.split.check(f"{where}.split", problems)
+        problems.add(where, MaskRCNNSettings.problems(self))
+        problems.require(0.0 <= self.score_threshold < 1.0, where, "score_threshold",
+                         f"must be at least 0 and below 1 (the Mask R-CNN score a detection needs to be kept), got {self.score_threshold}")
+        problems.require(self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"), where, "device",
+                         f"must be auto, cpu, cuda or cuda:N, got '{self.device}'")
+        self.sam.check(f"{where}.sam", problems)
+        self.sam_finetune.check(f"{where}.sam_finetune", problems)
+        self.evaluation.check(f"{where}.evaluation", problems)
+        problems.require(self.figure_images >= 1, where, "figure_images", f"must be at least 1, got {self.figure_images}")
 
 
 @dataclass
@@ -337,9 +287,9 @@ class StatsConfig:
     posthoc: str = "dunn"
     alpha: float = 0.05
 
-    def check(self, where: str) -> None:
-        _require(self.posthoc in POSTHOC_TESTS, where, "posthoc", f"must be one of {', '.join(POSTHOC_TESTS)}, got '{self.posthoc}'")
-        _require(0.0 < self.alpha < 1.0, where, "alpha", f"must be between 0 and 1, got {self.alpha}")
+    def check(self, where: str, problems: Problems) -> None:
+        problems.require(self.posthoc in POSTHOC_TESTS, where, "posthoc", f"must be one of {', '.join(POSTHOC_TESTS)}, got '{self.posthoc}'")
+        problems.require(0.0 < self.alpha < 1.0, where, "alpha", f"must be between 0 and 1, got {self.alpha}")
 
 
 @dataclass
@@ -354,12 +304,16 @@ class Settings:
     source: str = ""
 
     def check(self, where: str = "") -> None:
-        _require(bool(self.name) and all(c.isalnum() or c in "-_." for c in self.name), where, "name",
-                 f"must be a non-empty name of letters, digits, '-', '_' or '.', got '{self.name}'")
-        self.semantic.check("semantic")
-        self.instance.check("instance")
-        self.stats.check("stats")
-        _require(self.semantic.enabled or self.instance.enabled, where, "enabled", "both studies are disabled; nothing to run")
+        """``RunError`` listing every problem of these settings, each with its dotted key, in one line."""
+        problems = Problems()
+        problems.require(bool(self.name) and all(c.isalnum() or c in "-_." for c in self.name), where, "name",
+                         f"must be a non-empty name of letters, digits, '-', '_' or '.', got '{self.name}'")
+        self.semantic.check("semantic", problems)
+        self.instance.check("instance", problems)
+        self.stats.check("stats", problems)
+        problems.require(self.semantic.enabled or self.instance.enabled, where, "enabled", "both studies are disabled; nothing to run")
+        if problems:
+            raise RunError("; ".join(problems))
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -372,10 +326,11 @@ class Settings:
             parts.append("semantic encoders randomly initialised (no ImageNet weights)")
         if self.instance.enabled and self.instance.weights is None:
             parts.append("Mask R-CNN randomly initialised (no COCO weights)")
-        if self.instance.enabled and self.instance.sam.checkpoint is None:
-            parts.append(f"SAM {self.instance.sam.variant} with random, untrained weights (no checkpoint)")
+        sam = self.instance.sam
+        if self.instance.enabled and untrained_start(sam.variant, sam.checkpoint):
+            parts.append(f"SAM {sam.variant} with random, untrained weights (no checkpoint)")
         finetune = self.instance.sam_finetune
-        if self.instance.enabled and finetune.enabled and finetune.checkpoint is None:
+        if self.instance.enabled and finetune.enabled and untrained_start(finetune.variant, finetune.checkpoint):
             parts.append(f"SAM {finetune.variant} fine-tuned from random weights (no checkpoint; its encoder gives random features)")
         return parts
 
@@ -386,14 +341,13 @@ class Settings:
         )
 
 
-def _error(where: str, key: str, problem: str) -> RunError:
+def _label(where: str, key: str, problem: str) -> str:
     label = ".".join(part for part in (where, key) if part)
-    return RunError(f"{label}: {problem}" if label else problem)
+    return f"{label}: {problem}" if label else problem
 
 
-def _require(ok: bool, where: str, key: str, problem: str) -> None:
-    if not ok:
-        raise _error(where, key, problem)
+def _error(where: str, key: str, problem: str) -> RunError:
+    return RunError(_label(where, key, problem))
 
 
 def _suggest(word: str, choices: typing.Iterable[str]) -> str:

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Callable, Collection
 
 from data.errors import MscsegError
+from torch_instseg.settings import build_sam_checkpoint, untrained_start
 
 from .config import Settings
 from .errors import RunError
@@ -53,16 +54,17 @@ def needed(settings: Settings, steps: Collection[str] | None = None) -> list[Pre
             "instance.weights: none", torch_weights.fetch_coco_weights, torch_weights.check_checkpoint_file,
         ))
     sam = instance.sam
-    if instance.enabled and sam.checkpoint is not None and runs("instance_sam"):
-        path = torch_weights.sam_checkpoint_path(sam.variant, None if sam.checkpoint == "default" else sam.checkpoint)
+    if instance.enabled and not untrained_start(sam.variant, sam.checkpoint) and runs("instance_sam"):
+        path = torch_weights.sam_checkpoint_path(sam.variant, build_sam_checkpoint(sam.checkpoint))
         name = torch_weights.SAM_CHECKPOINT_FILES.get(sam.variant, path.name)
         files.append(Pretrained(
             f"SAM {sam.variant} checkpoint", path, torch_weights.SAM_RELEASE_URL + name, "instance.sam.checkpoint: none",
             lambda path=path: path if path.is_file() else None, torch_weights.check_checkpoint_file,
         ))
     finetune = instance.sam_finetune
-    if instance.enabled and finetune.enabled and finetune.checkpoint is not None and runs("instance_sam_finetune"):
-        path = torch_weights.sam_checkpoint_path(finetune.variant, None if finetune.checkpoint == "default" else finetune.checkpoint)
+    if (instance.enabled and finetune.enabled and not untrained_start(finetune.variant, finetune.checkpoint)
+            and runs("instance_sam_finetune")):
+        path = torch_weights.sam_checkpoint_path(finetune.variant, build_sam_checkpoint(finetune.checkpoint))
         name = torch_weights.SAM_CHECKPOINT_FILES.get(finetune.variant, path.name)
         files.append(Pretrained(
             f"SAM {finetune.variant} checkpoint to fine-tune", path, torch_weights.SAM_RELEASE_URL + name,

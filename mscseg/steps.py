@@ -25,6 +25,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from data.settings import field_names, unstamped_default
+from keras_semseg.settings import TrainRecipe, TrainSettings
+from torch_instseg.settings import FinetuneSettings, MaskRCNNSettings, build_sam_checkpoint
+
 from .config import Settings
 from .errors import RunError
 from .layout import INSTANCE_FIGURE, SEMANTIC_FIGURES, Layout
@@ -69,9 +73,13 @@ def _int_key(part: str) -> Any:
 
 
 def plain(value: Any) -> Any:
-    """A JSON-able copy of a setting's value (dataclasses as dicts)."""
+    """A JSON-able copy of a setting's value (dataclasses as dicts, less the fields added later and still at their default)."""
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return dataclasses.asdict(value)
+        return {f.name: plain(getattr(value, f.name)) for f in dataclasses.fields(value) if not unstamped_default(value, f.name)}
+    if isinstance(value, (list, tuple)):
+        return type(value)(plain(item) for item in value)
+    if isinstance(value, dict):
+        return {key: plain(item) for key, item in value.items()}
     return value
 
 
@@ -176,8 +184,10 @@ class Step:
     derived: bool = False
 
     def settings(self, settings: Settings) -> dict[str, Any]:
-        """``{dotted name: value}`` of the settings this step reads."""
-        return {name: plain(setting_value(settings, name)) for name in self.reads}
+        """``{dotted name: value}`` of the settings this step reads (less those added later and still at their default)."""
+        return {name: plain(setting_value(settings, name)) for name in self.reads
+                if not unstamped_default(setting_value(settings, name.rpartition(".")[0]) if "." in name else settings,
+                                         name.rpartition(".")[2])}
 
     def context(self, settings: Settings, layout: Layout, resume: bool = False, overwrite: bool = False) -> Context:
         return Context(SettingsView(settings, self.reads, self.name), layout, self.name, resume, overwrite, settings)
@@ -254,8 +264,13 @@ def build_steps(settings: Settings) -> list[Step]:
 
 
 REPORT_READS = ("name", "description", "semantic", "instance", "stats")  # its settings section shows them all
-SEMANTIC_TRAINING = ("image_size", "epochs", "batch_size", "encoder_weights", "augment", "mixed_precision", "seed",
-                     "steps_per_epoch", "lr_schedule", "batchnorm_momentum", "eval_weights")
+SEMANTIC_TRAINING = field_names(TrainRecipe)
+INSTANCE_TRAINING = field_names(MaskRCNNSettings) + ("device",)
+
+
+def settings_of(cls: type, section: Any, **values: Any) -> Any:
+    """The settings dataclass ``cls`` filled from a config section (or its view): each field read by name, ``values`` first."""
+    return cls(**{name: values[name] if name in values else getattr(section, name) for name in field_names(cls)})
 
 
 def _semantic_steps(settings: Settings) -> list[Step]:
@@ -287,10 +302,7 @@ def _instance_steps(settings: Settings) -> list[Step]:
     sam_steps = ("instance_sam",) + (("instance_sam_finetune",) if finetuned else ())
     steps = [
         Step("instance_train", ("split",), lambda lay: [lay.maskrcnn],
-             tuple(f"instance.{key}" for key in ("image_size", "epochs", "batch_size", "lr", "weight_decay", "weights",
-                                                 "detections_per_image", "seed", "device", "model_options",
-                                                 "lr_schedule")),
-             instance_train_step, Framework.TORCH, resumable=True),
+             tuple(f"instance.{key}" for key in INSTANCE_TRAINING), instance_train_step, Framework.TORCH, resumable=True),
         Step("instance_predict", ("instance_train",), lambda lay: [lay.prediction("gt"), lay.prediction("maskrcnn")],
              ("instance.device", "instance.score_threshold"), instance_predict_step, Framework.TORCH),
         Step("instance_sam", ("instance_predict",), lambda lay: [lay.prediction(f"sam_{mode}") for mode in modes],
@@ -361,14 +373,11 @@ def semantic_train_step(ctx: Context, model: str) -> None:
     from keras_semseg.train import train_model
 
     s = ctx.settings.semantic
-    result = train_model(
-        model, ctx.dataset("semantic"), ctx.split("semantic"), ctx.layout.semantic_model(model),
-        image_size=s.image_size, epochs=s.epochs, batch_size=s.batch_size, encoder_weights=s.encoder_weights,
-        augment=s.augment, resume=ctx.resume, overwrite=ctx.overwrite, quiet=True,
-        mixed_precision=s.mixed_precision, seed=s.seed, split_path=str(ctx.layout.split_json("semantic")),
-        model_options=dict(s.model_options.get(model, {})), steps_per_epoch=s.steps_per_epoch_by_model.get(model) or s.steps_per_epoch, lr_schedule=s.lr_schedule,
-        batchnorm_momentum=s.batchnorm_momentum, eval_weights=s.eval_weights,
-    )
+    settings = settings_of(TrainSettings, s, model=model, model_options=dict(s.model_options.get(model, {})),
+                           steps_per_epoch=s.steps_per_epoch_by_model.get(model) or s.steps_per_epoch)
+    result = train_model(model, ctx.dataset("semantic"), ctx.split("semantic"), ctx.layout.semantic_model(model),
+                         settings=settings, resume=ctx.resume, overwrite=ctx.overwrite, quiet=True,
+                         split_path=str(ctx.layout.split_json("semantic")))
     print(f"{model}: status {result.get('status')}, best epoch {result.get('best_epoch')}")
 
 
@@ -437,13 +446,10 @@ def instance_train_step(ctx: Context) -> None:
     from torch_instseg.maskrcnn import train_maskrcnn
 
     i = ctx.settings.instance
-    result = train_maskrcnn(
-        ctx.dataset("instance"), ctx.split("instance"), ctx.layout.maskrcnn,
-        image_size=i.image_size, epochs=i.epochs, batch_size=i.batch_size, lr=i.lr, weight_decay=i.weight_decay,
-        weights=i.weights, detections_per_image=i.detections_per_image, resume=ctx.resume, overwrite=ctx.overwrite,
-        device=_device(i.device), seed=i.seed, quiet=True, split_path=str(ctx.layout.split_json("instance")),
-        model_options=dict(i.model_options), lr_schedule=i.lr_schedule,
-    )
+    result = train_maskrcnn(ctx.dataset("instance"), ctx.split("instance"), ctx.layout.maskrcnn,
+                            settings_of(MaskRCNNSettings, i, model_options=dict(i.model_options)), resume=ctx.resume,
+                            overwrite=ctx.overwrite, device=_device(i.device), quiet=True,
+                            split_path=str(ctx.layout.split_json("instance")))
     print(f"maskrcnn: status {result.get('status')}, best epoch {result.get('best_epoch')}")
 
 
@@ -464,20 +470,13 @@ def instance_predict_step(ctx: Context) -> None:
     print(f"{len(names)} validation images: gt.json, maskrcnn.json -> {ctx.layout.predictions}")
 
 
-def sam_checkpoint(configured: str | None) -> str | None:
-    """The config's checkpoint as torch_instseg.sam takes it: none -> "none" (random), default -> None (its default folder)."""
-    if configured is None:
-        return "none"
-    return None if configured == "default" else configured
-
-
 def instance_sam_step(ctx: Context) -> None:
     from torch_instseg.sam import run_sam
 
     sam = ctx.settings.instance.sam
     names = ctx.split("instance")["val"]
     run_sam(ctx.dataset("instance"), names, ctx.layout.prediction("maskrcnn"), _ground_truth(ctx), ctx.layout.predictions,
-            variant=sam.variant, checkpoint=sam_checkpoint(sam.checkpoint), modes=tuple(sam.modes), score=sam.score,
+            variant=sam.variant, checkpoint=build_sam_checkpoint(sam.checkpoint), modes=tuple(sam.modes), score=sam.score,
             device=_device(ctx.settings.instance.device), overwrite=ctx.overwrite)
     print(f"SAM {sam.variant} ({', '.join(sam.modes)}) -> {ctx.layout.predictions}")
 
@@ -488,7 +487,7 @@ def instance_sam_finetune_step(ctx: Context) -> None:
 
     finetune = ctx.settings.instance.sam_finetune
     result = finetune_and_predict(
-        finetune.finetune_settings(), ctx.dataset("instance"), ctx.split("instance"), ctx.layout.sam_finetune,
+        settings_of(FinetuneSettings, finetune), ctx.dataset("instance"), ctx.split("instance"), ctx.layout.sam_finetune,
         ctx.layout.predictions, modes=tuple(finetune.modes), score=ctx.settings.instance.sam.score,
         prompt_sources=tuple(finetune.prompt_sources), device=_device(ctx.settings.instance.device),
         resume=ctx.resume, overwrite=ctx.overwrite, quiet=True, split_path=str(ctx.layout.split_json("instance")),

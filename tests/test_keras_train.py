@@ -149,7 +149,7 @@ def test_bad_settings_fail_before_anything_is_written(synthetic, tmp_path):
         train_model("segnet", dataset, split, out_dir, **{**SETTINGS, "image_size": 100})
     with pytest.raises(SemsegError, match="no validation images"):
         train_model("segnet", dataset, {"train": split["train"], "val": []}, out_dir, split_path="s.json", **SETTINGS)
-    with pytest.raises(SemsegError, match="epochs must be a positive integer"):
+    with pytest.raises(SemsegError, match="epochs: must be at least 1"):
         train_model("segnet", dataset, split, out_dir, **{**SETTINGS, "epochs": 0})
     assert not out_dir.exists()
 
@@ -242,12 +242,12 @@ def test_cli_bad_input_prints_one_line_and_exits_2(synthetic_folder, tmp_path, c
     common = ["--data", str(synthetic_folder), "--split", str(tmp_path / "split.json"), "--out", str(tmp_path / "out")]
     assert main(common + ["--model", "segnett"]) == 2
     error = capsys.readouterr().err.strip()
-    assert error.startswith("error: unknown model 'segnett'") and "\n" not in error
+    assert error.startswith("error: model: unknown model 'segnett'") and "\n" not in error
     assert main(common + ["--model", "unet", "--image-size", "100"]) == 2
     assert "multiple of 32" in capsys.readouterr().err
     assert main(["--data", str(tmp_path / "missing"), "--split", "s.json", "--out", "o", "--model", "unet"]) == 2
     assert capsys.readouterr().err.startswith("error: ")
-    assert (tmp_path / "split.json").is_file() and not (tmp_path / "out").exists()
+    assert not (tmp_path / "split.json").exists() and not (tmp_path / "out").exists()  # settings checked first
 
 
 # ---------------------------------------------------------------- optimiser state (public API only)
@@ -325,10 +325,10 @@ def test_steps_per_epoch_repeats_the_training_images(synthetic, tmp_path):
     assert record["details"]["probs_weights"] == "last.weights.h5" and record["settings"]["eval_weights"] == "last"
     assert record["settings"]["steps_per_epoch"] == 5 and record["settings"]["lr_schedule"] == "cosine"
     assert record["settings"]["batchnorm_momentum"] == 0.5 and "cosine" in record["settings"]["optimizer"]
-    with pytest.raises(SemsegError, match="learning-rate schedule 'step'"):
+    with pytest.raises(SemsegError, match="lr_schedule: must be one of constant, cosine .*got 'step'"):
         train_model("segnet", dataset, split, tmp_path / "never", **{**settings, "lr_schedule": "step"})
-    with pytest.raises(SemsegError, match="steps per epoch"):
+    with pytest.raises(SemsegError, match="steps_per_epoch: must be at least 1"):
         train_model("segnet", dataset, split, tmp_path / "never", **{**settings, "steps_per_epoch": 0})
-    with pytest.raises(SemsegError, match="eval_weights must be one of best, last"):
+    with pytest.raises(SemsegError, match="eval_weights: must be best .* or last"):
         train_model("segnet", dataset, split, tmp_path / "never", **{**settings, "eval_weights": "middle"})
     assert not (tmp_path / "never").exists()

@@ -236,9 +236,9 @@ def test_anchor_sizes_option_sets_one_size_per_fpn_level():
     generator = model.rpn.anchor_generator
     assert [tuple(sizes) for sizes in generator.sizes] == [(16.0,), (32.0,), (64.0,), (128.0,), (256.0,)]
     assert generator.num_anchors_per_location() == [3] * 5
-    with pytest.raises(InstsegError, match="anchor_sizes must be 5 positive sizes"):
+    with pytest.raises(InstsegError, match="anchor_sizes: must be 5 positive sizes"):
         M.build_maskrcnn("none", anchor_sizes=[16, 32])
-    with pytest.raises(InstsegError, match="anchor_sizes must be a list"):
+    with pytest.raises(InstsegError, match="anchor_sizes: must be 5 positive sizes"):
         M.build_maskrcnn("none", anchor_sizes=["big"] * 5)
 
 
@@ -264,7 +264,7 @@ def test_head_channels_refused_with_coco_weights_and_bad_values():
     with pytest.raises(InstsegError, match="COCO heads have 256 channels"):
         M.build_maskrcnn("coco", head_channels=64, download=False)
     for bad in (0, -3, 2.5, "wide", True):
-        with pytest.raises(InstsegError, match="head_channels must be a positive whole number"):
+        with pytest.raises(InstsegError, match="head_channels: must be a positive whole number"):
             M.build_maskrcnn("none", head_channels=bad)
 
 
@@ -296,13 +296,13 @@ def test_plateau_schedule_leaves_the_lr_after_warmup():
 
 
 def test_unknown_lr_schedule_is_refused():
-    with pytest.raises(InstsegError, match="lr_schedule must be one of plateau, cosine"):
+    with pytest.raises(InstsegError, match="lr_schedule: must be one of plateau, cosine"):
         M.MaskRCNNSettings(lr_schedule="step").checked()
     assert M.MaskRCNNSettings(lr_schedule="cosine").checked().to_record()["scheduler"].startswith("cosine")
 
 
 @pytest.mark.parametrize("extra, expected", [
-    (["--weights", "none", "--head-channels", "0"], "head_channels must be a positive whole number"),
+    (["--weights", "none", "--head-channels", "0"], "model_options.head_channels: must be a positive whole number"),
     (["--weights", "coco", "--head-channels", "64"], "the COCO heads have 256 channels"),
 ])
 def test_cli_refuses_bad_heads_before_writing_anything(tmp_path, capsys, extra, expected):

@@ -307,7 +307,8 @@ def _cli(tmp_path, samples, *extra) -> tuple[int, Path]:
     folder = _write_folder_dataset(tmp_path / "data", samples)
     out = tmp_path / "run"
     code = F.main(["--data", str(folder), "--split", str(tmp_path / "split.json"), "--out", str(out), "--epochs", "1",
-                   "--prompts-per-image", "2", "--iterations", "0", "--device", "cpu", "--quiet", *extra])
+                   "--prompts-per-image", "2", "--iterations", "0", "--device", "cpu", "--quiet", "--variant", "vit_tiny",
+                   "--trainable", "decoder", *extra])
     return code, out
 
 
@@ -363,8 +364,8 @@ def test_bad_settings_are_listed_in_one_error():
     with pytest.raises(MscsegError) as caught:
         settings.check()
     message = str(caught.value)
-    assert "unknown trainable part 'encoder'" in message and "epochs must be at least 1" in message and "point_probability" in message
-    assert "mask_prompt_probability must be between 0 and 1" in message
+    assert "trainable: must be one of decoder, decoder+prompt, all, got 'encoder'" in message and "epochs: must be at least 1" in message and "point_probability" in message
+    assert "mask_prompt_probability: must be between 0 and 1" in message
 
 
 def test_detector_like_masks_are_logits_near_each_instance():
@@ -409,19 +410,26 @@ def test_mask_prompt_rounds_train_with_a_mask_input(tiny_data):
 def test_preset_sections_make_valid_settings(preset):
     from mscseg.config import load_config
 
+    from mscseg.steps import settings_of
+
     section = load_config(preset).instance.sam_finetune
-    settings = F.FinetuneSettings(**section.finetune_settings())
-    settings.check()
+    settings = settings_of(F.FinetuneSettings, section).checked()
     if preset == "paper":
         assert (settings.variant, settings.trainable, settings.focal_weight) == ("vit_h", "decoder+prompt", 20.0)
     else:
-        assert (settings.variant, settings.checkpoint, settings.trainable, settings.focal_weight) == ("vit_tiny", "none", "decoder", 0.0)
+        assert (settings.variant, settings.checkpoint, settings.trainable, settings.focal_weight) == ("vit_tiny", None, "decoder", 0.0)
 
 
 def test_config_checkpoint_default_means_the_released_file(tmp_path):
     from mscseg.config import from_mapping
 
+    from torch_instseg.settings import build_sam_checkpoint, untrained_start
+
     settings = from_mapping({"instance": {"sam_finetune": {"variant": "vit_b", "checkpoint": "default"}}})
-    assert settings.instance.sam_finetune.finetune_settings()["checkpoint"] is None
+    finetune = settings.instance.sam_finetune
+    assert build_sam_checkpoint(finetune.checkpoint) is None and not untrained_start(finetune.variant, finetune.checkpoint)
+    assert F.FinetuneSettings(variant="vit_b", checkpoint="default").checked().checkpoint == "default"
+    assert F.FinetuneSettings(variant="vit_tiny", checkpoint="default").checked().checkpoint is None
+    assert build_sam_checkpoint(None) == "none" and build_sam_checkpoint("none") == "none"
     with pytest.raises(MscsegError, match="instance.sam_finetune.*trainable"):
         from_mapping({"instance": {"sam_finetune": {"trainable": "encoder"}}})

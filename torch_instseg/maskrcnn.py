@@ -22,7 +22,7 @@ import math
 import os
 import sys
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -30,27 +30,23 @@ import numpy as np
 
 from data.cli import add_dataset_arguments, make_parser, open_dataset, run_cli
 from data.errors import MscsegError
+from data.geometry import maskrcnn_training_geometry
 from data.lock import lock_output_folder
 from data.outputs import check_can_write
 from data.run_record import HISTORY_CSV, RUN_JSON, RunRecord, check_resume, library_versions, read_record
+from data.settings import add_arguments, from_arguments, problem_text
 
 from .errors import InstsegError
+from .settings import (AUGMENTATION, DEFAULT_MAX_SIZE, DEFAULT_MIN_SIZE, MASKRCNN_RESUME_MUST_MATCH, MaskRCNNSettings,
+                       head_channels, model_option_problems, weights_source)
+from .settings import LR_SCHEDULES, V2_HEAD_CHANNELS  # noqa: F401 - their old home, re-exported
 from .weights import COCO_WEIGHTS_FILE, ensure_coco_weights
 
 _versions = library_versions  # torch_instseg.sam records versions through this name
 MODEL_NAME = "maskrcnn_resnet50_fpn_v2"
-AUGMENTATION = {"hflip": 0.5, "vflip": 0.3, "rot90": 0.3}
 LOSS_COMPONENTS = ("loss_classifier", "loss_box_reg", "loss_mask", "loss_objectness", "loss_rpn_box_reg")
 RUN_FILES = (RUN_JSON, HISTORY_CSV, "best.pt", "last.pt")
-DEFAULT_MIN_SIZE = 800
-DEFAULT_MAX_SIZE = 1333
-LR_SCHEDULES = ("plateau", "cosine")
-V2_HEAD_CHANNELS = 256
-RESUME_MUST_MATCH = (
-    "image_size", "batch_size", "lr", "weight_decay", "weights", "detections_per_image", "seed",
-    "min_size", "max_size", "plateau_factor", "plateau_patience", "warmup_iters", "augmentation", "model_options",
-    "lr_schedule",
-)
+RESUME_MUST_MATCH = MASKRCNN_RESUME_MUST_MATCH
 
 
 def import_torch():
@@ -233,19 +229,6 @@ def _narrow_heads(model, channels: int, num_classes: int) -> None:
     model.roi_heads.mask_predictor = MaskRCNNPredictor(channels, channels, num_classes)
 
 
-def _coco_heads_message(head_channels: int) -> str:
-    return f"head_channels {head_channels} needs weights 'none' or a run's own weights: the COCO heads have {V2_HEAD_CHANNELS} channels"
-
-
-def _head_channels(value: Any) -> int | None:
-    """The ``head_channels`` model option checked: None (torchvision's 256) or a positive integer."""
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise InstsegError(f"head_channels must be a positive whole number of channels, got {value!r}")
-    return None if value == V2_HEAD_CHANNELS else value
-
-
 def read_state_dict(path: str | Path) -> dict:
     """A model state dict from a .pth/.pt file (a plain state dict or a checkpoint with a 'model' entry)."""
     torch, _ = import_torch()
@@ -261,16 +244,6 @@ def read_state_dict(path: str | Path) -> dict:
     if not isinstance(state, dict) or not state:
         raise InstsegError(f"{path}: not a model state dict")
     return state
-
-
-def weights_source(weights: str | os.PathLike | None) -> str:
-    """'coco', 'none' or the path given, as recorded in run.json."""
-    if weights is None:
-        return "none"
-    text = str(weights)
-    if text.lower() in ("coco", "none"):
-        return text.lower()
-    return str(Path(text).expanduser())
 
 
 def build_maskrcnn(
@@ -296,13 +269,14 @@ def build_maskrcnn(
     only from random weights, since the COCO heads have 256).
     """
     import_torch()
+    refused = model_option_problems(model_options, weights)
+    if refused:
+        raise InstsegError(problem_text(refused))
     options = {"box_detections_per_img": int(detections_per_image), "min_size": int(min_size), "max_size": int(max_size),
                **model_options}
     anchors = _anchor_generator(options.pop("anchor_sizes", None))
-    head_channels = _head_channels(options.pop("head_channels", None))
-    if head_channels is not None and weights_source(weights) == "coco":
-        raise InstsegError(_coco_heads_message(head_channels))
-    model = _build_network(weights, num_classes, download, options, head_channels)
+    narrow = head_channels(options.pop("head_channels", None))
+    model = _build_network(weights, num_classes, download, options, narrow)
     if anchors is not None:
         model.rpn.anchor_generator = anchors
     return model
@@ -353,12 +327,10 @@ def _anchor_generator(sizes: Any):
     """
     if sizes is None:
         return None
-    try:
-        sizes = tuple(float(size) for size in sizes)
-    except (TypeError, ValueError):
-        raise InstsegError(f"anchor_sizes must be a list of 5 sizes in pixels, got {sizes!r}") from None
-    if len(sizes) != 5 or not all(size > 0 for size in sizes):
-        raise InstsegError(f"anchor_sizes must be 5 positive sizes in pixels (one per FPN level), got {list(sizes)}")
+    refused = model_option_problems({"anchor_sizes": sizes}, "none")
+    if refused:
+        raise InstsegError(problem_text(refused))
+    sizes = tuple(float(size) for size in sizes)
     from torchvision.models.detection.anchor_utils import AnchorGenerator
 
     return AnchorGenerator(tuple((size,) for size in sizes), ((0.5, 1.0, 2.0),) * len(sizes))
@@ -374,64 +346,6 @@ def freeze_batchnorm(model) -> None:
 
 
 # ---------------------------------------------------------------- training (torchvision references: check, load or resume, train one epoch, evaluate, checkpoint)
-
-@dataclass
-class MaskRCNNSettings:
-    """Every setting of a Mask R-CNN training run (the paper's defaults); stored in run.json.
-
-    image_size: None keeps the native size (the model then resizes internally with
-    min_size/max_size, default torchvision's 800/1333); N resizes every image to N x N once
-    and sets min_size = max_size = N. warmup_iters: None = the first epoch's iterations (at
-    most 1000), 0 = none. max_minutes: stop after the epoch that passes this wall time.
-    model_options: extra torchvision ``MaskRCNN`` arguments (see ``build_maskrcnn``).
-    """
-
-    image_size: int | None = None
-    epochs: int = 50
-    batch_size: int = 2
-    lr: float = 3e-3
-    weight_decay: float = 5e-4
-    weights: str | None = "coco"
-    detections_per_image: int = 300
-    seed: int = 0
-    min_size: int | None = None
-    max_size: int | None = None
-    plateau_factor: float = 0.1
-    plateau_patience: int = 5
-    warmup_iters: int | None = None
-    augmentation: dict[str, float] | None = None
-    num_workers: int = 0
-    max_minutes: float | None = None
-    model_options: dict[str, Any] = field(default_factory=dict)
-    lr_schedule: str = "plateau"
-
-    def checked(self) -> "MaskRCNNSettings":
-        """A copy with defaults filled in; ``InstsegError`` for a bad value."""
-        for name in ("epochs", "batch_size"):
-            if int(getattr(self, name)) < 1:
-                raise InstsegError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if not self.lr > 0 or not math.isfinite(self.lr) or not self.weight_decay >= 0:
-            raise InstsegError(f"lr must be positive and weight decay non-negative (got lr={self.lr}, weight_decay={self.weight_decay})")
-        if self.lr_schedule not in LR_SCHEDULES:
-            raise InstsegError(f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got '{self.lr_schedule}'")
-        head_channels = _head_channels((self.model_options or {}).get("head_channels"))
-        if head_channels is not None and weights_source(self.weights) == "coco":
-            raise InstsegError(_coco_heads_message(head_channels))
-        if self.image_size is not None and int(self.image_size) < 32:
-            raise InstsegError(f"image size must be at least 32 pixels, got {self.image_size}")
-        size = int(self.image_size) if self.image_size else None
-        return replace(
-            self, image_size=size, epochs=int(self.epochs), batch_size=int(self.batch_size), lr=float(self.lr),
-            weight_decay=float(self.weight_decay), weights=weights_source(self.weights),
-            min_size=size or int(self.min_size or DEFAULT_MIN_SIZE), max_size=size or int(self.max_size or DEFAULT_MAX_SIZE),
-            augmentation=dict(AUGMENTATION if self.augmentation is None else self.augmentation),
-            model_options=dict(self.model_options or {}),
-        )
-
-    def to_record(self) -> dict[str, Any]:
-        scheduler = "ReduceLROnPlateau(val_loss)" if self.lr_schedule == "plateau" else "cosine decay to 0 per iteration"
-        return {**asdict(self), "optimizer": "AdamW", "scheduler": scheduler}
-
 
 @dataclass
 class TrainingState:
@@ -717,6 +631,7 @@ def train_maskrcnn(
         "n_train": len(train_names), "n_val": len(val_names), "device": str(torch_device), "world_size": world,
         "files": {"best": "best.pt", "last": "last.pt", "history": HISTORY_CSV},
         "best_by": "val_loss" if val_loader is not None else "train_loss (no validation images)",
+        "geometry": maskrcnn_training_geometry(dataset, train_names, settings.image_size, settings.min_size, settings.max_size),
     })
     try:
         status = _epochs(settings, state, net, (train_loader, train_sampler, val_loader), torch_device, out_dir, record,
@@ -941,20 +856,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_dataset_arguments(parser)
     parser.add_argument("--split", required=True, help="split JSON (made with seed --seed if it does not exist)")
     parser.add_argument("--out", required=True, help="run folder (run.json, history.csv, best.pt, last.pt)")
-    parser.add_argument("--epochs", type=int, default=50)
-    parser.add_argument("--batch-size", type=int, default=2)
-    parser.add_argument("--lr", type=float, default=3e-3)
-    parser.add_argument("--weight-decay", type=float, default=5e-4)
-    parser.add_argument("--lr-schedule", default="plateau", choices=LR_SCHEDULES,
-                        help="plateau: ReduceLROnPlateau on the validation loss (the paper's); cosine: decay to 0 per iteration")
+    add_arguments(parser, MaskRCNNSettings)
     parser.add_argument("--head-channels", type=int, default=None,
-                        help="channels of the box and mask head convolutions (default 256, torchvision's; fewer only with --weights none)")
-    parser.add_argument("--image-size", type=int, default=None, help="resize images to N x N (default: native size)")
-    parser.add_argument("--weights", default="coco", help="coco (torchvision COCO_V1), none (random init) or a .pth path")
-    parser.add_argument("--detections-per-image", type=int, default=300)
-    parser.add_argument("--num-workers", type=int, default=0)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--max-minutes", type=float, default=None, help="stop after the epoch that passes this wall time")
+                        help="the model option head_channels: channels of the box and mask head convolutions "
+                             "(default 256, torchvision's; fewer only with --weights none)")
     parser.add_argument("--predictions", default=None, help="also write gt.json and maskrcnn.json for the validation images here")
     parser.add_argument("--resume", action="store_true")
     parser.add_argument("--overwrite", action="store_true")
@@ -967,12 +872,8 @@ def _main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if _distributed()[1] == 0:
         lock_output_folder(args.out)
-    settings = MaskRCNNSettings(
-        image_size=args.image_size, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
-        weights=args.weights, detections_per_image=args.detections_per_image, num_workers=args.num_workers, seed=args.seed,
-        max_minutes=args.max_minutes, lr_schedule=args.lr_schedule,
-        model_options={} if args.head_channels is None else {"head_channels": args.head_channels},
-    )
+    options = dict(args.model_options, **({} if args.head_channels is None else {"head_channels": args.head_channels}))
+    settings = from_arguments(MaskRCNNSettings, args, model_options=options)
     settings.checked()
     try:
         from data.split import load_or_make_split, read_split

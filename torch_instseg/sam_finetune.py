@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -52,88 +52,18 @@ from data.outputs import check_can_write, replace_atomically
 
 from .errors import InstsegError
 from .names import TRAINABLE_PARTS
+from .settings import (DICE_WEIGHT, FINETUNE_RESUME_MUST_MATCH, FOCAL_WEIGHT, FinetuneSettings, build_sam_checkpoint,
+                       starts_untrained)
 
 TRAINER = "sam_finetune"
 RUN_FILES = ("run.json", "history.csv", "best.pth", "last.pth", "resume.pt", "embeddings.pt")
-FOCAL_WEIGHT = 20.0
-DICE_WEIGHT = 1.0
 FOCAL_ALPHA = 0.25
 FOCAL_GAMMA = 2.0
 BOX_NOISE_FRACTION = 0.1
 BOX_NOISE_MAX_PX_AT_1024 = 20.0
 LOWRES_STRIDE = 4
 PAD_LABEL = -1
-RESUME_MUST_MATCH = (
-    "variant", "checkpoint", "trainable", "lr", "weight_decay", "prompts_per_image", "iterations",
-    "positive_points", "negative_points", "point_probability", "focal_weight", "dice_weight", "seed",
-    "mask_prompt_probability",
-)
-
-
-@dataclass
-class FinetuneSettings:
-    """Settings of one SAM fine-tuning run (every one is written into run.json)."""
-
-    variant: str = "vit_tiny"
-    checkpoint: str | None = "none"
-    trainable: str = "decoder"
-    epochs: int = 10
-    lr: float = 1e-4
-    weight_decay: float = 1e-4
-    prompts_per_image: int = 16
-    iterations: int = 3
-    positive_points: int = 1
-    negative_points: int = 1
-    point_probability: float = 0.5
-    focal_weight: float | None = None
-    dice_weight: float = DICE_WEIGHT
-    seed: int = 0
-    max_minutes: float | None = None
-    mask_prompt_probability: float = 0.0
-
-    def check(self) -> None:
-        """Raise ``InstsegError`` listing every bad setting; resolve ``focal_weight`` None (auto)."""
-        from .sam import SAM_VARIANTS
-
-        if self.checkpoint is None and self.variant in SAM_VARIANTS and SAM_VARIANTS[self.variant].checkpoint_file is None:
-            self.checkpoint = "none"
-        if self.focal_weight is None:
-            self.focal_weight = 0.0 if starts_untrained(self.checkpoint) else FOCAL_WEIGHT
-        problems = []
-        if self.variant not in SAM_VARIANTS:
-            problems.append(f"unknown SAM variant '{self.variant}'; valid: {', '.join(SAM_VARIANTS)}")
-        if self.trainable not in TRAINABLE_PARTS:
-            problems.append(f"unknown trainable part '{self.trainable}'; valid: {', '.join(TRAINABLE_PARTS)}")
-        for name in ("epochs", "prompts_per_image"):
-            if getattr(self, name) < 1:
-                problems.append(f"{name} must be at least 1, got {getattr(self, name)}")
-        for name in ("iterations", "positive_points", "negative_points"):
-            if getattr(self, name) < 0:
-                problems.append(f"{name} must be zero or more, got {getattr(self, name)}")
-        if not (self.lr > 0 and math.isfinite(self.lr)):
-            problems.append(f"lr must be a positive number, got {self.lr}")
-        if not (self.weight_decay >= 0 and math.isfinite(self.weight_decay)):
-            problems.append(f"weight_decay must be zero or positive, got {self.weight_decay}")
-        for name in ("focal_weight", "dice_weight"):
-            if not (getattr(self, name) >= 0 and math.isfinite(getattr(self, name))):
-                problems.append(f"{name} must be zero or positive, got {getattr(self, name)}")
-        if self.focal_weight == 0 and self.dice_weight == 0:
-            problems.append("focal_weight and dice_weight are both 0: the masks would not be trained")
-        for name in ("point_probability", "mask_prompt_probability"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
-                problems.append(f"{name} must be between 0 and 1, got {getattr(self, name)}")
-        if self.max_minutes is not None and not self.max_minutes > 0:
-            problems.append(f"max_minutes must be positive, got {self.max_minutes}")
-        if problems:
-            raise InstsegError("; ".join(problems))
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-def starts_untrained(checkpoint: str | None) -> bool:
-    """True when fine-tuning starts from random weights (``checkpoint`` 'none'; None is the released file)."""
-    return checkpoint is not None and str(checkpoint).strip().lower() == "none"
+RESUME_MUST_MATCH = FINETUNE_RESUME_MUST_MATCH
 
 
 # ---------------------------------------------------------------- prompt sampling (numpy)
@@ -617,7 +547,7 @@ def build_for_training(settings: FinetuneSettings, device: str | None, resume_fr
     from .sam import build_sam
 
     torch.manual_seed(settings.seed)
-    checkpoint = str(resume_from) if resume_from is not None else settings.checkpoint
+    checkpoint = str(resume_from) if resume_from is not None else build_sam_checkpoint(settings.checkpoint)
     return build_sam(settings.variant, checkpoint, device)
 
 
@@ -814,36 +744,13 @@ def finetune_and_predict(
 
 def build_parser():
     from data.cli import add_dataset_arguments, make_parser
+    from data.settings import add_arguments
 
-    from .sam import SAM_VARIANTS
-
-    defaults = FinetuneSettings()
     parser = make_parser("instseg-sam-train", "Fine-tune SAM on instance masks (prompts sampled from the ground truth).")
     add_dataset_arguments(parser)
     parser.add_argument("--split", required=True, help="split JSON (made with seed --seed if it does not exist)")
     parser.add_argument("--out", required=True, help="run folder (run.json, history.csv, best.pth, last.pth, resume.pt)")
-    parser.add_argument("--variant", default=defaults.variant, choices=list(SAM_VARIANTS))
-    parser.add_argument("--checkpoint", default=None,
-                        help="SAM checkpoint to start from (file or folder); 'none' = random weights (default: none for vit_tiny, "
-                             "the released file for the others)")
-    parser.add_argument("--trainable", default=defaults.trainable, choices=TRAINABLE_PARTS)
-    parser.add_argument("--epochs", type=int, default=defaults.epochs)
-    parser.add_argument("--lr", type=float, default=defaults.lr)
-    parser.add_argument("--weight-decay", type=float, default=defaults.weight_decay)
-    parser.add_argument("--prompts-per-image", type=int, default=defaults.prompts_per_image)
-    parser.add_argument("--iterations", type=int, default=defaults.iterations, help="correction rounds after the first prompt")
-    parser.add_argument("--positive-points", type=int, default=defaults.positive_points)
-    parser.add_argument("--negative-points", type=int, default=defaults.negative_points)
-    parser.add_argument("--point-probability", type=float, default=defaults.point_probability,
-                        help="chance that the first round adds points to the box")
-    parser.add_argument("--mask-prompt-probability", type=float, default=defaults.mask_prompt_probability,
-                        help="chance that the first round adds a detector-like mask prompt (trains the box_mask mode)")
-    parser.add_argument("--focal-weight", type=float, default=None,
-                        help="weight of the focal loss (default: 20, the SAM paper's, from a checkpoint; 0, Dice alone as "
-                             "micro-sam, from random weights, where the focal term makes the decoder predict background only)")
-    parser.add_argument("--dice-weight", type=float, default=defaults.dice_weight)
-    parser.add_argument("--seed", type=int, default=defaults.seed)
-    parser.add_argument("--max-minutes", type=float, default=None, help="stop after the epoch that passes this wall time")
+    add_arguments(parser, FinetuneSettings)
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: cuda if available)")
     parser.add_argument("--resume", action="store_true")
     parser.add_argument("--overwrite", action="store_true")
@@ -856,21 +763,11 @@ def _main(argv: Sequence[str] | None = None) -> int:
 
     from data.cli import open_dataset
     from data.lock import lock_output_folder
-
-    from .weights import SAM_CHECKPOINT_FILES
+    from data.settings import from_arguments
 
     args = build_parser().parse_args(argv)
     lock_output_folder(args.out)
-    checkpoint = args.checkpoint
-    if checkpoint is None and args.variant not in SAM_CHECKPOINT_FILES:
-        checkpoint = "none"
-    settings = FinetuneSettings(
-        variant=args.variant, checkpoint=checkpoint, trainable=args.trainable, epochs=args.epochs, lr=args.lr,
-        weight_decay=args.weight_decay, prompts_per_image=args.prompts_per_image, iterations=args.iterations,
-        positive_points=args.positive_points, negative_points=args.negative_points,
-        point_probability=args.point_probability, focal_weight=args.focal_weight, dice_weight=args.dice_weight,
-        seed=args.seed, max_minutes=args.max_minutes, mask_prompt_probability=args.mask_prompt_probability,
-    )
+    settings = from_arguments(FinetuneSettings, args)
     settings.check()
     dataset = open_dataset(args)
     new_split = not Path(args.split).is_file() and not args.resume

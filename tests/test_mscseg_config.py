@@ -20,14 +20,14 @@ def write(tmp_path: Path, text: str, name: str = "run.yaml") -> Path:
     return path
 
 
-def test_presets_load_and_match_top_level_copies():
+def test_presets_exist_once_and_load_through_configs():
     assert available_presets() == ["paper", "small", "tiny"]
+    top = ROOT / "configs"
+    assert top.is_symlink() and top.resolve() == PRESET_DIR.resolve(), "configs/ is the link to mscseg/configs/, not a copy"
     for name in available_presets():
-        packaged = PRESET_DIR / f"{name}.yaml"
-        top_level = ROOT / "configs" / f"{name}.yaml"
-        assert top_level.read_bytes() == packaged.read_bytes(), f"configs/{name}.yaml differs from mscseg/configs/{name}.yaml"
-        settings = load_config(top_level)
-        assert settings.name == name
+        settings = load_config(top / f"{name}.yaml")
+        assert settings.name == name and settings.source == str(top / f"{name}.yaml")
+        assert {**settings.to_dict(), "source": ""} == {**load_config(name).to_dict(), "source": ""}
     paper = load_config("paper")
     assert (paper.semantic.epochs, paper.semantic.batch_size, paper.semantic.encoder_weights) == (100, 8, "imagenet")
     assert paper.semantic.models == ["unet", "deeplabv3plus", "segnet", "maskrcnn"]

@@ -47,6 +47,22 @@ def test_notebook_structure():
     assert all(not cell.get("outputs") for cell in notebook.cells if cell.cell_type == "code")
 
 
+def test_a_stop_in_the_notebook_is_one_line_and_ends_run_all():
+    from nbclient import NotebookClient
+    from nbclient.exceptions import CellExecutionError
+    from nbformat.v4 import new_code_cell, new_notebook
+
+    notebook = new_notebook(cells=[
+        new_code_cell(f"import sys\nsys.path.insert(0, {str(ROOT)!r})\nfrom mscseg import kaggle\nkaggle.one_line_errors()"),
+        new_code_cell("raise kaggle.KaggleError('torch has no kernels for the Tesla P100: switch the accelerator')"),
+        new_code_cell("print('not reached')")])
+    with pytest.raises(CellExecutionError):
+        NotebookClient(notebook, timeout=120, kernel_name="python3").execute()
+    assert notebook.cells[1].outputs == [{"output_type": "stream", "name": "stderr",
+                                          "text": "KaggleError: torch has no kernels for the Tesla P100: switch the accelerator\n"}]
+    assert not notebook.cells[2].get("outputs")
+
+
 def _copy_project(target: Path) -> None:
     """This working tree's files as git sees them (tracked and untracked, not ignored), as a code dataset holds them."""
     listed = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"], cwd=ROOT,

@@ -33,6 +33,7 @@ LOCK_NAME = ".mscseg.lock"
 LEFTOVER = re.compile(r"^(\.staging-[a-z0-9_]{8}|.+\.partial(\.weights\.h5|\.[A-Za-z0-9]+)?)$")
 BUSY_RETRIES = 5          # a second process probing the same lock holds it for microseconds
 BUSY_RETRY_S = 0.02
+BUSY, GONE = -1, -2       # what ``_lock_file`` returns instead of a descriptor
 
 
 class FolderBusyError(MscsegError):
@@ -73,7 +74,7 @@ def acquire(folder: str | Path, command: str | None = None) -> FolderLock:
     lock = FolderLock(folder, folder / LOCK_NAME, -1, created)
     try:
         lock.fd = _lock_file(lock.path, exclusive=True)
-        if lock.fd < 0:
+        if lock.fd == BUSY:
             raise _busy(folder, _holder_of(folder))
         for other in (*_locks_above(folder), *_locks_below(folder)):
             info = _probe(other)
@@ -90,9 +91,13 @@ def acquire(folder: str | Path, command: str | None = None) -> FolderLock:
         raise
     record = {"pid": os.getpid(), "host": socket.gethostname(), "command": command or _command_line(),
               "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
-    os.ftruncate(lock.fd, 0)
-    os.pwrite(lock.fd, (json.dumps(record) + "\n").encode(), 0)
     _HELD.append(lock)
+    try:
+        os.ftruncate(lock.fd, 0)
+        os.pwrite(lock.fd, (json.dumps(record) + "\n").encode(), 0)
+    except OSError as error:
+        lock.release()
+        raise OSError(error.errno, error.strerror or str(error), str(lock.path)) from None
     return lock
 
 
@@ -179,25 +184,28 @@ def remove_leftovers(folder: str | Path, out: TextIO | None = None) -> list[Path
 # ---------------------------------------------------------------- internals
 
 def _lock_file(path: Path, exclusive: bool) -> int:
-    """An open descriptor of ``path`` locked as asked, or -1 when another process holds it.
+    """An open descriptor of ``path`` locked as asked (made when ``exclusive``), ``BUSY`` when another process
+    holds it, or ``GONE`` (a shared probe only) when the file is not there.
 
     Retries when the file was replaced between opening and locking (its holder removed it).
     """
     mode = fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH
-    for attempt in range(BUSY_RETRIES + 100):
+    busy = 0
+    while True:
         flags = os.O_RDWR | os.O_CREAT if exclusive else os.O_RDONLY
         try:
             fd = os.open(path, flags | os.O_CLOEXEC, 0o644)
         except FileNotFoundError:
-            return -2
+            return GONE
         try:
             fcntl.flock(fd, mode | fcntl.LOCK_NB)
         except OSError as error:
             os.close(fd)
             if error.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
                 raise
-            if attempt >= BUSY_RETRIES:
-                return -1
+            busy += 1
+            if busy > BUSY_RETRIES:
+                return BUSY
             time.sleep(BUSY_RETRY_S)
             continue
         try:
@@ -208,8 +216,7 @@ def _lock_file(path: Path, exclusive: bool) -> int:
             return fd
         os.close(fd)
         if not exclusive:
-            return -2
-    return -1
+            return GONE
 
 
 def _probe(path: Path) -> dict | None:
@@ -217,7 +224,7 @@ def _probe(path: Path) -> dict | None:
     fd = _lock_file(path, exclusive=False)
     if fd >= 0:
         os.close(fd)
-    return _read(path) if fd == -1 else None
+    return _read(path) if fd == BUSY else None
 
 
 def _read(path: Path) -> dict:

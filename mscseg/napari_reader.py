@@ -9,7 +9,8 @@ then ``napari OUT_FOLDER`` (or drag the folder onto napari) opens
 - an ``mscseg-run`` results folder (``config.json`` and ``instance/predictions/``): each
   validation image of the instance study, its ground truth and each method's instance
   masks (COCO results with score >= ``MIN_SCORE``, higher scores painted on top) as labels
-  layers. Only the first image's layers are visible at first.
+  layers (metadata: detections in the file, cells shown; ``read_results_folder(path,
+  min_score=0)`` shows them all). Only the first image's layers are visible at first.
 
 A layer-data tuple is ``(data, kwargs, layer_type)``, as napari's ``LayerDataTuple``.
 """
@@ -92,14 +93,17 @@ def read_predict_folder(path: PathLike | Sequence[PathLike]) -> list[LayerData]:
 
     folder = _one_path(path)
     record = json.loads((folder / "predict.json").read_text())
-    counts = pd.read_csv(folder / "counts.csv", dtype={"image": str}) if (folder / "counts.csv").is_file() else None
-    rows = {str(row["image"]): {k: _plain(v) for k, v in row.items()} for row in counts.to_dict("records")} if counts is not None else {}
+    rows = {}
+    if (folder / "counts.csv").is_file():
+        for row in pd.read_csv(folder / "counts.csv", dtype={"image": str}).to_dict("records"):
+            rows[str(row["image"])] = {key: _plain(value) for key, value in row.items()}
     layers: list[LayerData] = []
     for position, (name, source) in enumerate(record.get("images", {}).items()):
         row = rows.get(name, {"image": name})
         scale, visible = _scale(row), position == 0
         layers += _image_layer(Path(source), name, scale, visible)
-        labels_path = next((p for p in (folder / "labels" / f"{name}.png", folder / "labels" / f"{name}.tif") if p.is_file()), None)
+        candidates = (folder / "labels" / f"{name}.png", folder / "labels" / f"{name}.tif")
+        labels_path = next((candidate for candidate in candidates if candidate.is_file()), None)
         if labels_path is None:
             continue
         kwargs = {"name": f"{name} cells", "visible": visible,
@@ -151,7 +155,8 @@ def read_results_folder(path: PathLike | Sequence[PathLike], min_score: float = 
         layers.append((sample.labels, {"name": f"{name} ground truth", "visible": visible}, "labels"))
         for method in methods:
             mine = [d for d in results[method] if d.get("image_id") == image_ids.get(name)]
-            layers.append((paint_results(mine, sample.labels.shape, min_score),
-                           {"name": f"{name} {method}", "visible": visible,
-                            "metadata": {"method": method, "min_score": min_score, "detections": len(mine)}}, "labels"))
+            painted = paint_results(mine, sample.labels.shape, min_score)
+            layers.append((painted, {"name": f"{name} {method}", "visible": visible,
+                                     "metadata": {"method": method, "min_score": min_score, "detections": len(mine),
+                                                  "shown": int(painted.max())}}, "labels"))
     return layers

@@ -210,7 +210,8 @@ def test_predict_writes_rois_geojson_and_micrometres(fake_semantic_run, tmp_path
     assert np.isnan(counts.loc["plain", "mean_area_um2"]) and counts.loc["cells", "pixel_size_x_um"] == 0.5
     record = json.loads((out / "predict.json").read_text())
     assert record["pixel_size"] == {"cells": {"y_um": 0.5, "x_um": 0.5, "source": "ImageJ TIFF metadata"}, "plain": None}
-    assert record["units"].startswith("\u00b5m columns for 1 of 2 images") and record["exports"] == {"rois": True, "geojson": True}
+    assert record["units"].startswith("\u00b5m columns for 1 of 2 images")
+    assert record["exports"] == {"rois": True, "geojson": True}
     features = json.loads((out / "geojson" / "cells.geojson").read_text())["features"]
     assert {"area_um2", "perimeter_um", "pixel_size_x_um"} <= set(features[0]["properties"]["measurements"])
 

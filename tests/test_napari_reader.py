@@ -120,7 +120,7 @@ def test_results_folder_layers_are_the_validation_images_truth_and_methods(tmp_p
         if kwargs["name"].endswith("ground truth"):
             assert np.array_equal(data, truth[name])
         elif kind == "labels":
-            assert kwargs["metadata"] == {"method": "maskrcnn", "min_score": 0.5, "detections": 2}
+            assert kwargs["metadata"] == {"method": "maskrcnn", "min_score": 0.5, "detections": 2, "shown": 2}
             for label in (1, 2):                                    # the same cells, numbered by score order
                 assert len(np.unique(data[truth[name] == label])) == 1 and (data[truth[name] == label] > 0).all()
             assert np.array_equal(data > 0, truth[name] > 0)

@@ -24,6 +24,10 @@ Problem = tuple[str, str]
 _NONE_WORDS = ("none", "null")
 
 
+DETERMINISTIC_HELP = ("same numbers for the same seed: the frameworks' deterministic kernels and op order "
+                      "(off: faster on a GPU, last digits may vary)")
+
+
 def setting(default: Any = dataclasses.MISSING, help: str = "", *, factory: Any = dataclasses.MISSING,
             choices: Sequence[Any] | None = None, kw_only: bool = False, stamped_at_default: bool = True) -> Any:
     """A dataclass field with its help text (and valid ``choices``) for the command line.

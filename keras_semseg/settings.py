@@ -10,7 +10,7 @@ import math
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
-from data.settings import Problem, choice_problem, problem_text, setting
+from data.settings import DETERMINISTIC_HELP, Problem, choice_problem, problem_text, setting
 
 from .errors import SemsegError
 from .registry import MODELS, check_image_size, get_entry
@@ -39,6 +39,7 @@ class TrainRecipe:
     batchnorm_momentum: float | None = setting(None, "momentum of every batch-norm layer's moving statistics (none: Keras's 0.99)")
     eval_weights: str = setting("best", "weights that write the probability maps: best (lowest validation loss) or last",
                                 choices=EVAL_WEIGHTS)
+    deterministic: bool = setting(True, DETERMINISTIC_HELP, stamped_at_default=False)
 
     def problems(self) -> list[Problem]:
         """``(field, problem)`` for every bad value of the recipe."""

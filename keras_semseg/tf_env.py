@@ -119,6 +119,30 @@ def load_triton_first() -> None:
         import triton  # noqa: F401
 
 
+def make_reproducible(deterministic: bool) -> dict:
+    """TensorFlow's op determinism on or off (``deterministic``); returns what run.json records (switch, thread counts).
+
+    The seed itself is set by ``tf.keras.utils.set_random_seed``. With op determinism on,
+    ops run in a fixed order and a GPU op with no deterministic kernel raises instead of
+    varying; on a CPU the numbers repeat on the same machine, and CPUs of other instruction
+    sets may differ in the last bits.
+    """
+    tf = tensorflow()
+    experimental = tf.config.experimental
+    if deterministic:
+        experimental.enable_op_determinism()
+    elif hasattr(experimental, "disable_op_determinism"):
+        experimental.disable_op_determinism()
+    threads = tf.config.threading
+    return {
+        "deterministic": bool(deterministic),
+        "tf_op_determinism": bool(deterministic),
+        "tf_intra_op_threads": threads.get_intra_op_parallelism_threads() or f"TensorFlow's default ({os.cpu_count()} cores)",
+        "tf_inter_op_threads": threads.get_inter_op_parallelism_threads() or f"TensorFlow's default ({os.cpu_count()} cores)",
+        "cpu_count": os.cpu_count(),
+    }
+
+
 @functools.cache
 def tensorflow() -> ModuleType:
     """``import tensorflow`` with ``tf.keras`` = Keras 2 on TensorFlow 2.15 up to the newest.

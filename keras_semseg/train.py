@@ -33,11 +33,11 @@ from data.run_record import HISTORY_CSV, RUN_JSON, RunRecord, check_resume, read
 from .errors import SemsegError
 from .registry import TENSORFLOW_HINT, get_entry
 from .settings import EVAL_WEIGHTS, LR_SCHEDULES, TrainRecipe, TrainSettings
-from .tf_env import tensorflow
+from .tf_env import make_reproducible, tensorflow
 
 HISTORY_COLUMNS = ["epoch", "loss", "pixel_accuracy", "val_loss", "val_pixel_accuracy", "time_s"]
 RUN_FILES = (RUN_JSON, HISTORY_CSV, "best.weights.h5", "last.weights.h5", "last.optimizer.npz")
-RESUME_KEYS = tuple(name for name in field_names(TrainSettings) if name not in ("epochs", "eval_weights"))
+RESUME_KEYS = tuple(name for name in field_names(TrainSettings) if name not in ("epochs", "eval_weights", "deterministic"))
 __all__ = ["EVAL_WEIGHTS", "LR_SCHEDULES", "TrainRecipe", "TrainSettings", "train_model"]
 
 
@@ -369,6 +369,7 @@ def train_model(
 
     weights_path = keras_application_weights(get_entry(model_name).encoder, settings.encoder_weights) if epochs_done == 0 else None
     tf.keras.utils.set_random_seed(settings.seed)
+    reproducibility = make_reproducible(settings.deterministic)
     previous_policy = tf.keras.mixed_precision.global_policy()
     if settings.mixed_precision:
         tf.keras.mixed_precision.set_global_policy("mixed_float16")
@@ -379,6 +380,7 @@ def train_model(
             _remove_previous(out_dir)
         record = _start_record(previous, settings, split_record, model, strategy, cached)
         record.details["geometry"] = training_geometry(dataset, train, settings.image_size)
+        record.details["reproducibility"] = reproducibility
         record.write(out_dir)
         wall_before = record.wall_time_s
         fit_epochs(model, batches, settings, record, out_dir, quiet, started, wall_before)

@@ -37,6 +37,7 @@ from data.run_record import HISTORY_CSV, RUN_JSON, RunRecord, check_resume, libr
 from data.settings import add_arguments, from_arguments, problem_text
 
 from .errors import InstsegError
+from .reproducible import make_reproducible
 from .settings import (AUGMENTATION, DEFAULT_MAX_SIZE, DEFAULT_MIN_SIZE, MASKRCNN_RESUME_MUST_MATCH, MaskRCNNSettings,
                        head_channels, model_option_problems, weights_source)
 from .settings import LR_SCHEDULES, V2_HEAD_CHANNELS  # noqa: F401 - their old home, re-exported
@@ -617,6 +618,7 @@ def train_maskrcnn(
     world, rank, local_rank = _distributed()
     is_main = rank == 0
     torch_device = _resolve_training_device(device, local_rank, world)
+    reproducibility = make_reproducible(settings.deterministic)
     if is_main and overwrite and not resume:
         for name in RUN_FILES:
             (out_dir / name).unlink(missing_ok=True)
@@ -631,6 +633,7 @@ def train_maskrcnn(
         "n_train": len(train_names), "n_val": len(val_names), "device": str(torch_device), "world_size": world,
         "files": {"best": "best.pt", "last": "last.pt", "history": HISTORY_CSV},
         "best_by": "val_loss" if val_loader is not None else "train_loss (no validation images)",
+        "reproducibility": reproducibility,
         "geometry": maskrcnn_training_geometry(dataset, train_names, settings.image_size, settings.min_size, settings.max_size),
     })
     try:

@@ -52,6 +52,7 @@ from data.outputs import check_can_write, replace_atomically
 
 from .errors import InstsegError
 from .names import TRAINABLE_PARTS
+from .reproducible import make_reproducible
 from .settings import (DICE_WEIGHT, FINETUNE_RESUME_MUST_MATCH, FOCAL_WEIGHT, FinetuneSettings, build_sam_checkpoint,
                        starts_untrained)
 
@@ -587,6 +588,7 @@ def finetune_sam(
     if not train_names:
         raise InstsegError("the split has no training images", split_path)
     previous = check_run_folder(out_dir, settings, split, resume, overwrite)
+    reproducibility = make_reproducible(settings.deterministic)
     sam = build_for_training(settings, device, out_dir / "last.pth" if previous is not None else None)
     image_size = int(sam.image_encoder.img_size)
     check_training_data(dataset, train_names, image_size, "training")
@@ -622,7 +624,7 @@ def finetune_sam(
         "n_val_instances": int(sum(len(i.targets) for i in val_images)),
         "untrained_start": starts_untrained(settings.checkpoint),
         "loss": f"{settings.focal_weight:g} x focal + {settings.dice_weight:g} x Dice (low-res grid) + MSE(predicted IoU)",
-        "device": str(sam.device),
+        "device": str(sam.device), "reproducibility": reproducibility,
     })
     if write_split_to is not None:
         from data.split import write_split

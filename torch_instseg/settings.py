@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from data.settings import Problem, choice_problem, field_names, is_number, is_whole, problem_text, setting
+from data.settings import DETERMINISTIC_HELP, Problem, choice_problem, field_names, is_number, is_whole, problem_text, setting
 
 from .errors import InstsegError
 from .names import TRAINABLE_PARTS
@@ -117,6 +117,7 @@ class MaskRCNNSettings:
                                             factory=dict)
     lr_schedule: str = setting("plateau", "plateau (ReduceLROnPlateau on the validation loss, the paper's) or cosine",
                                choices=LR_SCHEDULES)
+    deterministic: bool = setting(True, DETERMINISTIC_HELP, stamped_at_default=False)
 
     def problems(self) -> list[Problem]:
         """``(field, problem)`` for every bad value (``model_options.<option>`` for a bad model option)."""
@@ -167,7 +168,7 @@ class MaskRCNNSettings:
 
 
 MASKRCNN_RESUME_MUST_MATCH = tuple(name for name in field_names(MaskRCNNSettings)
-                                   if name not in ("epochs", "num_workers", "max_minutes"))
+                                   if name not in ("epochs", "num_workers", "max_minutes", "deterministic"))
 
 
 # ---------------------------------------------------------------- SAM checkpoints and fine-tuning
@@ -217,6 +218,7 @@ class FinetuneSettings:
     seed: int = setting(0, "random seed")
     max_minutes: float | None = setting(None, "stop after the epoch that passes this wall time")
     mask_prompt_probability: float = setting(0.0, "chance that the first round adds a detector-like mask prompt (trains box_mask)")
+    deterministic: bool = setting(True, DETERMINISTIC_HELP, stamped_at_default=False)
 
     def problems(self) -> list[Problem]:
         """``(field, problem)`` for every bad value."""
@@ -265,7 +267,8 @@ class FinetuneSettings:
         return asdict(self)
 
 
-FINETUNE_RESUME_MUST_MATCH = tuple(name for name in field_names(FinetuneSettings) if name not in ("epochs", "max_minutes"))
+FINETUNE_RESUME_MUST_MATCH = tuple(name for name in field_names(FinetuneSettings)
+                                   if name not in ("epochs", "max_minutes", "deterministic"))
 
 
 def starts_untrained(checkpoint: str | None) -> bool:

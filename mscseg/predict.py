@@ -62,6 +62,11 @@ Physical units (``data.units``): with ``--pixel-size UM`` (or ``UMY UMX``), or a
 an ImageJ TIFF's or OME-TIFF's metadata, cells/ gains area_um2, perimeter_um, major/minor_axis_um
 and the pixel size and its source, and counts.csv mean/median_area_um2 and the pixel size.
 
+More than one process or machine (``mscseg.distributed_predict``): ``--workers N`` predicts on a local
+Dask cluster of N processes, ``--scheduler ADDRESS`` on a running one (``scripts/predict_on_slurm.py``
+for SLURM); ``--resume`` keeps the images an earlier run finished (done markers in ``.mscseg-predict/``)
+and predicts the rest. The outputs are byte for byte those of a serial run (counts.csv's ``seconds`` aside).
+
 Image names are file stems; when two inputs share a stem (e.g. ``set1/raw.tif`` and
 ``set2/raw.tif``), the parent folder's name is put in front (``set1_raw``).
 """
@@ -70,10 +75,9 @@ from __future__ import annotations
 import argparse
 import fnmatch
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 import pandas as pd
@@ -85,6 +89,9 @@ from data.units import PixelSize, given_pixel_size
 from .errors import RunError
 from .exports import OutputOptions
 from .layout import Layout, run_json
+
+if TYPE_CHECKING:
+    from .distributed_predict import Execution
 
 CELL_COLUMNS = ["image", "cell", "area_px", "perimeter_px", "major_axis_px", "minor_axis_px", "elongation",
                 "centroid_x", "centroid_y", "score"]
@@ -561,6 +568,7 @@ def predict_folder(
     coco: str | Path | None = None,
     coco_gt: str | Path | None = None,
     outputs: OutputOptions | None = None,
+    execution: "Execution | None" = None,
 ) -> pd.DataFrame:
     """Predict every image, write the outputs listed in the module docstring; returns counts.csv's table.
 
@@ -569,12 +577,17 @@ def predict_folder(
     images (runs with a training geometry), else 0. ``coco``: also write the
     cells as COCO results (RLE masks; score = instance score, or mean probability for a
     semantic run) with image ids from ``coco_gt`` when given. ``outputs``: ROI zips, GeoJSON
-    and the pixel size for every image (``exports.OutputOptions``; default: each image's metadata).
+    and the pixel size for every image (``exports.OutputOptions``; default: each image's metadata). ``execution``:
+    Dask workers or scheduler and ``--resume`` (``distributed_predict.Execution``; default: this process, all at once).
     """
     from data.imageio import read_image
-    from data.units import COUNT_MICROMETRE_COLUMNS, count_micrometres, pixel_size_for, pixel_size_record
+    from data.units import COUNT_MICROMETRE_COLUMNS, PixelSize, pixel_size_record
     from data.outputs import check_can_write, check_output_folder, staged_outputs, write_csv, write_json
 
+    from .distributed_predict import Execution, describe_model, image_jobs, make_plan, run_images
+
+    execution = execution or Execution()
+    execution.check(overwrite)
     out_dir = check_output_folder(out_dir)
     skipped: list[Path] = []
     named = find_images(images, recursive, skipped)
@@ -592,10 +605,10 @@ def predict_folder(
         planned += [out_dir / sub / f"{name}{ext}" for sub, ext in
                     (("masks", ".png"), ("labels", ".png"), ("labels", ".tif"), ("overlays", ".png"), ("cells", ".csv"))]
         planned += outputs.paths(out_dir, name)
-    for path in planned:
+    for path in planned if not execution.resume else ():
         check_can_write(path, overwrite)
     image_ids = coco_image_ids(named, coco_gt) if coco else {}
-    loaded = load_model(run_dir, which, device)
+    loaded = describe_model(run_dir, which) if execution.distributed else load_model(run_dir, which, device)
     if threshold is None:
         threshold, threshold_source = default_threshold(loaded)
     else:
@@ -610,37 +623,13 @@ def predict_folder(
     else:
         min_area_source = "--min-area"
 
+    plan = make_plan(run_dir, which, device, threshold, scaling, (tile_px, overlap_px), min_area, outputs, bool(coco), out_dir)
     with staged_outputs(out_dir) as stage:
-        counts, notes, detections, pixel_sizes = [], [], [], {}
-        for position, (name, path) in enumerate(named.items(), 1):
-            started = time.perf_counter()
-            image = read_image(path)
-            height, width = image.shape[:2]
-            labels, scores, probability, n_tiles = label_image(loaded, image, threshold, scaling, tile_px, overlap_px,
-                                                               min_area, device)
-            mask = labels > 0
-            note = size_note(name, height, width, loaded.geometry, n_tiles)
-            if note:
-                notes.append(note)
-                if not quiet:
-                    print(note)
-            pixel_sizes[name] = pixel_size_for(path, outputs.pixel_size)
-            cells = measure_cells(labels, name, scores, pixel_sizes[name])
-            write_image_outputs(stage, name, image, labels, cells, outputs)
-            if coco:
-                detections += cell_detections(image_ids[name], labels, scores, probability)
-            counts.append({
-                "image": name, "width": width, "height": height, "cell_count": len(cells),
-                "confluence": float(mask.mean()),
-                "mean_area_px": float(cells["area_px"].mean()) if len(cells) else float("nan"),
-                "median_area_px": float(cells["area_px"].median()) if len(cells) else float("nan"),
-                "kind": loaded.kind, "model": loaded.name, "threshold": threshold, "min_area_px": min_area,
-                "tiles": n_tiles, "seconds": round(time.perf_counter() - started, 3),
-                **count_micrometres(cells, pixel_sizes[name]),
-            })
-            if not quiet:
-                print(f"[{position}/{len(named)}] {name}: {len(cells)} cells, confluence {mask.mean():.3f} "
-                      f"({n_tiles} tile(s), {counts[-1]['seconds']:.1f} s)")
+        records, kept = run_images(plan, image_jobs(plan, named, image_ids), execution, loaded, quiet, stage)
+        pixel_sizes = {r["name"]: None if r["pixel_size"] is None else PixelSize(**r["pixel_size"]) for r in records}
+        notes = [r["note"] for r in records if r["note"]]
+        detections = [detection for r in records for detection in r["detections"]]
+        counts = [r["counts"] for r in records]
         table = pd.DataFrame(counts, columns=COUNT_COLUMNS + (COUNT_MICROMETRE_COLUMNS if any(pixel_sizes.values()) else []))
         write_csv(stage / "counts.csv", table)
         if coco:
@@ -664,6 +653,7 @@ def predict_folder(
             "skipped_annotation_files": len(skipped), "coco_results": None if coco is None else str(coco),
             "exports": {"rois": outputs.rois, "geojson": outputs.geojson}, **pixel_size_record(pixel_sizes),
             "images": {name: str(path) for name, path in named.items()}, "versions": library_versions(),
+            "execution": execution.record(kept),
         })
     return table
 
@@ -722,18 +712,31 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--pixel-size", nargs="+", type=float, metavar="UM",
                         help="pixel size in µm for every image: one value, or two (height then width); default: read "
                         "from ImageJ / OME-TIFF metadata, else measurements stay in pixels")
+    parser.add_argument("--workers", type=int, default=0, metavar="N",
+                        help="predict on a local Dask cluster of N worker processes, one thread each (needs "
+                        "pip install \"dask[distributed]\"); outputs are the same as without it")
+    parser.add_argument("--scheduler", metavar="ADDRESS", help="predict on the workers of a running Dask scheduler, e.g. "
+                        "tcp://node01:8786 (a SLURM cluster: scripts/predict_on_slurm.py); they must see --images and --out "
+                        "at the same paths")
+    parser.add_argument("--resume", action="store_true", help="keep the images an earlier run into --out finished with "
+                        "these settings and predict the others; each image is committed as it finishes, so a stopped "
+                        "run continues with the same command")
     parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     return parser
 
 
 def _main(argv: Sequence[str] | None = None) -> int:
+    from .distributed_predict import Execution
+
     args = build_parser().parse_args(argv)
     outputs = OutputOptions(args.rois, args.geojson, given_pixel_size(args.pixel_size))
+    execution = Execution(args.workers, args.scheduler, args.resume)
+    execution.check(args.overwrite)
     lock_output_folder(args.out)
     table = predict_folder(args.model, args.images, args.out, threshold=args.threshold, scale=args.scale, tile=args.tile,
                            overlap=args.overlap, min_area=args.min_area, which=args.which, device=args.device,
                            recursive=args.recursive, overwrite=args.overwrite, quiet=False, coco=args.coco,
-                           coco_gt=args.coco_gt, outputs=outputs)
+                           coco_gt=args.coco_gt, outputs=outputs, execution=execution)
     print(table[["image", "cell_count", "confluence"]].to_string(index=False))
     print(f"outputs in {args.out}")
     return 0

@@ -56,3 +56,17 @@ def test_main_on_a_results_folder_exits_1_when_a_target_is_missed(tmp_path):
     assert bench.main(["--results", str(results), "--json", str(tmp_path / "lines.json")]) == 1
     lines = json.loads((tmp_path / "lines.json").read_text())["lines"]
     assert len(lines) == 16 and sum(line["ok"] for line in lines) == 11
+
+
+def test_seed_config_changes_only_the_training_seeds(tmp_path):
+    from mscseg.config import load_config
+
+    bench = _bench()
+    path = bench.seed_config("small", 2, tmp_path)
+    seeded, base = load_config(path).to_dict(), load_config("small").to_dict()
+    assert seeded["semantic"]["seed"] == seeded["instance"]["seed"] == seeded["instance"]["sam_finetune"]["seed"] == 2
+    for section in ("semantic", "instance"):
+        assert seeded[section]["dataset"] == base[section]["dataset"] and seeded[section]["split"] == base[section]["split"]
+    seeded["semantic"]["seed"] = seeded["instance"]["seed"] = seeded["instance"]["sam_finetune"]["seed"] = 0
+    seeded.pop("name"), base.pop("name")
+    assert seeded["semantic"] == base["semantic"] and seeded["instance"] == base["instance"]

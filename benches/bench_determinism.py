@@ -1,10 +1,11 @@
 """What the ``deterministic`` setting costs per training step on this machine (U-Net in Keras, Mask R-CNN in torch).
 
-Each trainer runs twice on the same small synthetic set, ``--deterministic`` and
-``--no-deterministic``, each in a process of its own (TensorFlow's op determinism is a
-process-wide switch); the per-epoch times come from the runs' history.csv, the first
-epoch (graph building, warm-up) left out. Printed as seconds per step and the ratio, from
-one run of this script, so the ratio holds on a noisy machine.
+Each trainer runs four times on the same small synthetic set, in the order
+``--deterministic``, ``--no-deterministic``, ``--no-deterministic``, ``--deterministic``
+(so a drift of the machine's load falls on both alike), each in a process of its own
+(TensorFlow's op determinism is a process-wide switch); the per-epoch times come from the
+runs' history.csv, the first epoch (graph building, warm-up) left out. Printed as seconds
+per step and the ratio, from one run of this script.
 
     python benches/bench_determinism.py [--epochs 3]
 """
@@ -29,6 +30,9 @@ TRAINERS = {
 }
 
 
+ORDER = ("--deterministic", "--no-deterministic", "--no-deterministic", "--deterministic")
+
+
 def seconds_per_step(history: Path, steps: int) -> float:
     """Mean epoch time after the first, per optimiser step."""
     times = pd.read_csv(history)["time_s"].to_numpy(float)
@@ -46,14 +50,14 @@ def main(argv: list[str] | None = None) -> int:
         write_dataset(work / "data", n_images=10, size=128, density="sparse", seed=0)
         for name, command in TRAINERS.items():
             steps = 8 if "keras" in command[1] else 4          # Mask R-CNN: 8 training images / batch 2
-            per_step = {}
-            for flag in ("--deterministic", "--no-deterministic"):
-                out = work / f"{command[1]}{flag}"
+            per_step: dict[str, list[float]] = {"--deterministic": [], "--no-deterministic": []}
+            for position, flag in enumerate(ORDER):
+                out = work / f"{command[1]}{position}"
                 subprocess.run([sys.executable, *command, "--data", str(work / "data"), "--split", str(work / "split.json"),
                                 "--out", str(out), "--epochs", str(args.epochs), "--quiet", flag],
                                check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
-                per_step[flag] = seconds_per_step(out / "history.csv", steps)
-            on, off = per_step["--deterministic"], per_step["--no-deterministic"]
+                per_step[flag].append(seconds_per_step(out / "history.csv", steps))
+            on, off = (sum(per_step[flag]) / len(per_step[flag]) for flag in ("--deterministic", "--no-deterministic"))
             print(f"{name:20s} deterministic {on:.3f} s/step, not {off:.3f} s/step: {on / off:.2f}x")
     return 0
 

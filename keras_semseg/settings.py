@@ -40,6 +40,8 @@ class TrainRecipe:
     eval_weights: str = setting("best", "weights that write the probability maps: best (lowest validation loss) or last",
                                 choices=EVAL_WEIGHTS)
     deterministic: bool = setting(True, DETERMINISTIC_HELP, stamped_at_default=False)
+    max_minutes: float | None = setting(None, "stop after the epoch that passes this wall time of the whole run, resumes included",
+                                        stamped_at_default=False)
 
     def problems(self) -> list[Problem]:
         """``(field, problem)`` for every bad value of the recipe."""
@@ -63,6 +65,9 @@ class TrainRecipe:
         if self.eval_weights not in EVAL_WEIGHTS:
             found.append(("eval_weights", "must be best (lowest validation loss, the default) or last (the final epoch), "
                                           f"got '{self.eval_weights}'"))
+        if self.max_minutes is not None and not (isinstance(self.max_minutes, (int, float)) and not isinstance(self.max_minutes, bool)
+                                                 and self.max_minutes > 0):
+            found.append(("max_minutes", f"must be positive (or none), got {self.max_minutes}"))
         weights = self.encoder_weights
         if weights is not None and not (isinstance(weights, str) and (weights.lower() in ("imagenet", "none") or weights.endswith(".h5"))):
             found.append(("encoder_weights", "must be 'imagenet', none (random initialisation) or the path of a Keras .h5 "

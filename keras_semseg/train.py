@@ -24,11 +24,11 @@ import numpy as np
 
 from data import Dataset
 from data.cli import add_dataset_arguments, make_parser, open_dataset, run_cli
-from data.errors import MscsegError
 from data.geometry import training_geometry
-from data.lock import has_content, lock_output_folder
+from data.lifecycle import RunSpec, TrainingRun, open_run
+from data.lock import lock_output_folder
 from data.settings import add_arguments, field_names, from_arguments
-from data.run_record import HISTORY_CSV, RUN_JSON, RunRecord, check_resume, read_record
+from data.run_record import HISTORY_CSV, RUN_JSON
 
 from .errors import SemsegError
 from .registry import TENSORFLOW_HINT, get_entry
@@ -37,7 +37,8 @@ from .tf_env import make_reproducible, tensorflow
 
 HISTORY_COLUMNS = ["epoch", "loss", "pixel_accuracy", "val_loss", "val_pixel_accuracy", "time_s"]
 RUN_FILES = (RUN_JSON, HISTORY_CSV, "best.weights.h5", "last.weights.h5", "last.optimizer.npz")
-RESUME_KEYS = tuple(name for name in field_names(TrainSettings) if name not in ("epochs", "eval_weights", "deterministic"))
+RESUME_KEYS = tuple(name for name in field_names(TrainSettings)
+                    if name not in ("epochs", "eval_weights", "deterministic", "max_minutes"))
 __all__ = ["EVAL_WEIGHTS", "LR_SCHEDULES", "TrainRecipe", "TrainSettings", "train_model"]
 
 
@@ -54,40 +55,10 @@ def _check_split(split: dict, dataset: Dataset, split_path: str | Path | None) -
     return train, val
 
 
-def load_or_resume_record(out_dir: Path, settings: TrainSettings, split_record: dict, resume: bool,
-                          overwrite: bool) -> RunRecord | None:
-    """The run to continue (``resume``: same settings and split), or None to start fresh; refuses to overwrite."""
-    if not (out_dir / RUN_JSON).is_file():
-        if not overwrite and out_dir.is_dir() and has_content(out_dir):
-            raise SemsegError(f"{out_dir}: folder is not empty and holds no training run; choose another --out or pass --overwrite")
-        return None
-    try:
-        previous = read_record(out_dir)
-    except MscsegError as error:
-        raise SemsegError(f"{error}; pass --overwrite to start again") from None
-    if overwrite:
-        return None
-    if not resume:
-        if previous.status == "finished":
-            raise SemsegError(f"{out_dir}: holds a finished {previous.model} run; pass --overwrite to replace it (nothing was written)")
-        raise SemsegError(f"{out_dir}: holds an unfinished run ({previous.epochs_done} of {previous.epochs} epochs, "
-                          f"status {previous.status}); pass --resume to continue it or --overwrite to start again")
-    try:
-        check_resume(previous, settings.to_record(), RESUME_KEYS, split_record, out_dir / RUN_JSON)
-    except MscsegError as error:
-        raise SemsegError(error.problem, error.path) from None
-    if previous.epochs_done > 0 and not (out_dir / "last.weights.h5").is_file():
-        raise SemsegError(f"{out_dir / 'last.weights.h5'}: missing, cannot resume; pass --overwrite to start again")
-    return previous
-
-
-def _remove_previous(out_dir: Path) -> None:
-    import shutil
-
-    for name in RUN_FILES:
-        (out_dir / name).unlink(missing_ok=True)
-    if (out_dir / "probs").is_dir():
-        shutil.rmtree(out_dir / "probs")
+def run_spec(settings: TrainSettings, split_record: dict) -> RunSpec:
+    """What the shared life cycle (``data.lifecycle``) needs to know about this run."""
+    return RunSpec("keras", settings.model, settings.to_record(), split_record, settings.epochs, RESUME_KEYS, RUN_FILES,
+                   resume_files=("last.weights.h5",), folders=("probs",), max_minutes=settings.max_minutes)
 
 
 def _save_weights(model: Any, path: Path) -> None:
@@ -185,20 +156,12 @@ def _finite(value: Any) -> bool:
     return value is not None and math.isfinite(float(value))
 
 
-def _history_rows(path: Path, epochs_done: int) -> list[dict]:
-    if not path.is_file() or epochs_done == 0:
-        return []
-    import pandas as pd
-
-    frame = pd.read_csv(path)
-    return frame[frame["epoch"] <= epochs_done].to_dict("records")
-
-
-def _make_callback(out_dir: Path, record: RunRecord, rows: list[dict], quiet: bool, started: float, wall_before: float) -> Any:
+def _make_callback(run: TrainingRun, quiet: bool) -> Any:
     tf = tensorflow()
 
     class EpochCheckpoint(tf.keras.callbacks.Callback):
-        """Per epoch: history row, last/best weights, optimizer state, run.json; stops on NaN."""
+        """Per epoch: the shared life cycle's bookkeeping (last/best weights, optimizer state, history, run.json,
+        time budget); stops on NaN."""
 
         def __init__(self) -> None:
             super().__init__()
@@ -221,21 +184,18 @@ def _make_callback(out_dir: Path, record: RunRecord, rows: list[dict], quiet: bo
                 return
             row = {"epoch": number, **{key: float(logs.get(key, float("nan"))) for key in HISTORY_COLUMNS[1:5]},
                    "time_s": round(time.perf_counter() - self.epoch_started, 3)}
-            rows.append(row)
-            _save_weights(self.model, out_dir / "last.weights.h5")
-            _save_optimizer(self.model.optimizer, out_dir / "last.optimizer.npz")
-            best_epoch, best_loss = record.best_epoch, record.best_loss
-            if best_loss is None or row["val_loss"] < best_loss:
-                _save_weights(self.model, out_dir / "best.weights.h5")
-                best_epoch, best_loss = number, row["val_loss"]
-            record.progress(number, best_epoch, best_loss, wall_before + time.perf_counter() - started,
-                            [r["time_s"] for r in rows])
-            record.details["train_time_s"] = round(sum(r["time_s"] for r in rows), 1)
-            record.write(out_dir, [{column: r.get(column) for column in HISTORY_COLUMNS} for r in rows])
+            if not run.end_epoch(number, row, row["val_loss"], self.save):
+                self.model.stop_training = True
             if quiet:
-                print(f"{record.model} epoch {number}/{record.epochs}: loss {row['loss']:.4f} "
+                print(f"{run.spec.model} epoch {number}/{run.spec.epochs}: loss {row['loss']:.4f} "
                       f"pixel_accuracy {row['pixel_accuracy']:.4f} val_loss {row['val_loss']:.4f} "
                       f"val_pixel_accuracy {row['val_pixel_accuracy']:.4f} ({row['time_s']:.1f} s)", flush=True)
+
+        def save(self, improved: bool) -> None:
+            _save_weights(self.model, run.out_dir / "last.weights.h5")
+            _save_optimizer(self.model.optimizer, run.out_dir / "last.optimizer.npz")
+            if improved:
+                _save_weights(self.model, run.out_dir / "best.weights.h5")
 
     return EpochCheckpoint()
 
@@ -291,34 +251,25 @@ def build_compiled_model(settings: TrainSettings, weights_path: Any, out_dir: Pa
     return model, strategy
 
 
-def fit_epochs(model: Any, batches: tuple, settings: TrainSettings, record: RunRecord, out_dir: Path, quiet: bool,
-               started: float, wall_before: float) -> None:
-    """Train from ``record.epochs_done`` to ``settings.epochs``, checkpointing each epoch; NaN and errors are ``SemsegError``."""
+def fit_epochs(model: Any, batches: tuple, settings: TrainSettings, run: TrainingRun, quiet: bool) -> None:
+    """Train from ``run.start_epoch`` to ``settings.epochs`` or the time budget, checkpointing each epoch;
+    NaN and TensorFlow errors are ``SemsegError`` (recorded in run.json by ``run.guard``)."""
     tf = tensorflow()
 
     train_batches, val_batches = batches
-    rows = _history_rows(out_dir / HISTORY_CSV, record.epochs_done)
-    checkpoint = _make_callback(out_dir, record, rows, quiet, started, wall_before)
+    checkpoint = _make_callback(run, quiet)
     try:
-        model.fit(train_batches, validation_data=val_batches, epochs=settings.epochs, initial_epoch=record.epochs_done,
+        model.fit(train_batches, validation_data=val_batches, epochs=settings.epochs, initial_epoch=run.start_epoch,
                   steps_per_epoch=settings.steps_per_epoch,
                   callbacks=[checkpoint], verbose=0 if quiet else 1)
-    except KeyboardInterrupt:
-        record.status = "stopped: interrupted"
-        record.write(out_dir)
-        raise
     except tf.errors.OpError as error:
         message = (error.message or str(error)).strip().splitlines()
-        record.status = f"failed: {message[0] if message else type(error).__name__}"
-        record.write(out_dir)
-        raise SemsegError(f"{out_dir}: training failed: {message[0] if message else type(error).__name__}") from None
+        raise SemsegError(f"training failed: {message[0] if message else type(error).__name__}", run.out_dir) from None
     if checkpoint.nan_epoch is not None:
-        record.status = f"stopped: loss became NaN in epoch {checkpoint.nan_epoch}"
-        record.details["nan_epoch"] = checkpoint.nan_epoch
-        record.write(out_dir)
-        last_good = record.epochs_done
+        run.stop(f"stopped: loss became NaN in epoch {checkpoint.nan_epoch}", nan_epoch=checkpoint.nan_epoch)
+        last_good = run.record.epochs_done
         kept = f"the last good checkpoint (epoch {last_good}) is in last.weights.h5" if last_good else "no epoch finished, no checkpoint"
-        raise SemsegError(f"{out_dir}: loss became NaN in epoch {checkpoint.nan_epoch}; training stopped, {kept}")
+        raise SemsegError(f"{run.out_dir}: loss became NaN in epoch {checkpoint.nan_epoch}; training stopped, {kept}")
 
 
 def train_model(
@@ -355,19 +306,16 @@ def train_model(
     except TypeError as error:
         raise SemsegError(f"unknown training setting ({error})") from None
     train, val = _check_split(split, dataset, split_path)
-    out_dir = Path(out_dir)
     split_record = {"path": None if split_path is None else str(split_path), "seed": split.get("seed"), "train": train, "val": val}
-    previous = load_or_resume_record(out_dir, settings, split_record, resume, overwrite)
-    started = time.perf_counter()
-    if previous and previous.status == "finished" and previous.epochs_done >= settings.epochs:
+    run = open_run(out_dir, run_spec(settings, split_record), resume, overwrite)
+    if run.done:
         if not quiet:
-            print(f"{out_dir}: {model_name} already finished {previous.epochs_done} epochs; nothing to resume")
-        return previous.to_dict()
-    epochs_done = previous.epochs_done if previous else 0
+            print(f"{run.out_dir}: {model_name} already finished {run.start_epoch} epochs; nothing to resume")
+        return run.record.to_dict()
 
     from .weights import keras_application_weights
 
-    weights_path = keras_application_weights(get_entry(model_name).encoder, settings.encoder_weights) if epochs_done == 0 else None
+    weights_path = keras_application_weights(get_entry(model_name).encoder, settings.encoder_weights) if run.start_epoch == 0 else None
     tf.keras.utils.set_random_seed(settings.seed)
     reproducibility = make_reproducible(settings.deterministic)
     previous_policy = tf.keras.mixed_precision.global_policy()
@@ -375,37 +323,26 @@ def train_model(
         tf.keras.mixed_precision.set_global_policy("mixed_float16")
     try:
         batches, cached = _batches(dataset, train, val, settings)
-        model, strategy = build_compiled_model(settings, weights_path, out_dir, epochs_done, settings.train_steps(len(train)))
-        if overwrite:
-            _remove_previous(out_dir)
-        record = _start_record(previous, settings, split_record, model, strategy, cached)
-        record.details["geometry"] = training_geometry(dataset, train, settings.image_size)
-        record.details["reproducibility"] = reproducibility
-        record.write(out_dir)
-        wall_before = record.wall_time_s
-        fit_epochs(model, batches, settings, record, out_dir, quiet, started, wall_before)
-        model.load_weights(str(out_dir / f"{settings.eval_weights}.weights.h5"))
-        record.details["probs_weights"] = f"{settings.eval_weights}.weights.h5"
-        probs = write_probs(model, dataset, val, settings.image_size, out_dir / "probs", settings.batch_size)
-        record.details["probs"] = len(probs)
-        record.status, record.wall_time_s = "finished", round(wall_before + time.perf_counter() - started, 1)
-        record.write(out_dir)
-        return record.to_dict()
+        model, strategy = build_compiled_model(settings, weights_path, run.out_dir, run.start_epoch, settings.train_steps(len(train)))
+        run.start(_details(model, strategy, cached) | {"geometry": training_geometry(dataset, train, settings.image_size),
+                                                        "reproducibility": reproducibility})
+        with run.guard():
+            fit_epochs(model, batches, settings, run, quiet)
+            model.load_weights(str(run.out_dir / f"{settings.eval_weights}.weights.h5"))
+            probs = write_probs(model, dataset, val, settings.image_size, run.out_dir / "probs", settings.batch_size)
+        run.record.details.update(probs_weights=f"{settings.eval_weights}.weights.h5", probs=len(probs))
+        return run.finish()
     finally:
         tf.keras.mixed_precision.set_global_policy(previous_policy)
 
 
-def _start_record(previous: RunRecord | None, settings: TrainSettings, split_record: dict, model: Any, strategy: Any,
-                  cached: bool) -> RunRecord:
-    """The run record this call continues (``previous``) or starts, set to 'running'."""
+def _details(model: Any, strategy: Any, cached: bool) -> dict:
+    """What run.json's details say about the devices, the data cache and the model size."""
     tf = tensorflow()
 
-    record = previous or RunRecord("keras", settings.model, {}, split_record)
-    record.settings, record.split, record.epochs, record.status = settings.to_record(), split_record, settings.epochs, "running"
-    record.details.update(devices={"gpus": len(tf.config.list_physical_devices("GPU")), "strategy": type(strategy).__name__,
-                                   "replicas": strategy.num_replicas_in_sync},
-                          data_cached_in_memory=cached, parameters=int(model.count_params()))
-    return record
+    return {"devices": {"gpus": len(tf.config.list_physical_devices("GPU")), "strategy": type(strategy).__name__,
+                        "replicas": strategy.num_replicas_in_sync},
+            "data_cached_in_memory": cached, "parameters": int(model.count_params())}
 
 
 def _batches(dataset: Dataset, train: list[str], val: list[str], settings: TrainSettings) -> tuple[tuple, bool]:

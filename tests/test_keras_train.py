@@ -11,6 +11,7 @@ import pytest
 pytest.importorskip("tensorflow")
 
 from data import in_memory, make_split  # noqa: E402
+from data.lifecycle import RunFolderError  # noqa: E402
 from data.synthetic import generate  # noqa: E402
 from keras_semseg import SemsegError, registry  # noqa: E402
 from keras_semseg.train import HISTORY_COLUMNS, main, train_model  # noqa: E402
@@ -98,7 +99,7 @@ def test_finished_run_is_never_overwritten_without_overwrite(finished_run, synth
     out_dir, _ = finished_run
     dataset, split = synthetic
     before = {path.name: path.stat().st_mtime_ns for path in out_dir.iterdir()}
-    with pytest.raises(SemsegError, match="finished segnet run; pass --overwrite"):
+    with pytest.raises(RunFolderError, match=r"holds a finished segnet run \(4 epochs\); pass --resume with more epochs to extend it or --overwrite"):
         train_model("segnet", dataset, split, out_dir, **SETTINGS)
     assert {path.name: path.stat().st_mtime_ns for path in out_dir.iterdir()} == before
     again = train_model("segnet", dataset, split, out_dir, resume=True, **SETTINGS)
@@ -134,9 +135,9 @@ def test_resume_continues_at_the_next_epoch(finished_run, synthetic, tmp_path):
 def test_resume_from_another_model_or_settings_is_refused(finished_run, synthetic):
     out_dir, _ = finished_run
     dataset, split = synthetic
-    with pytest.raises(SemsegError, match=r"cannot resume with other settings: image_size=32 \(now 64\)"):
+    with pytest.raises(RunFolderError, match=r"cannot resume with other settings: image_size=32 \(now 64\)"):
         train_model("segnet", dataset, split, out_dir, resume=True, **{**SETTINGS, "image_size": 64})
-    with pytest.raises(SemsegError, match=r"cannot resume with other settings: model='segnet' \(now 'unet'\)"):
+    with pytest.raises(RunFolderError, match=r"cannot resume with other settings: model='segnet' \(now 'unet'\)"):
         train_model("unet", dataset, split, out_dir, resume=True, **SETTINGS)
 
 
@@ -157,7 +158,7 @@ def test_bad_settings_fail_before_anything_is_written(synthetic, tmp_path):
 def test_non_empty_folder_without_a_run_is_refused(synthetic, tmp_path):
     dataset, split = synthetic
     (tmp_path / "notes.txt").write_text("mine")
-    with pytest.raises(SemsegError, match="not empty and holds no training run"):
+    with pytest.raises(RunFolderError, match="not empty and holds no training run"):
         train_model("segnet", dataset, split, tmp_path, **SETTINGS)
     assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]
 

@@ -8,6 +8,7 @@ import pytest
 
 from data.dataset import in_memory
 from data.errors import DatasetError
+from data.lifecycle import RunFolderError
 from data.sample import Sample
 from data.synthetic import generate
 from torch_instseg import maskrcnn as M
@@ -163,9 +164,9 @@ def test_train_tiny_run_resume_and_overwrite(tmp_path):
     assert run["best_epoch"] == int(history["val_loss"].idxmin()) + 1
     assert "torch" in run["versions"] and run["wall_time_s"] > 0
 
-    with pytest.raises(DatasetError, match="exists"):
+    with pytest.raises(RunFolderError, match="holds a finished maskrcnn_resnet50_fpn_v2 run"):
         M.train_maskrcnn(dataset, split, out, epochs=2, **options)
-    with pytest.raises(InstsegError, match="lr"):
+    with pytest.raises(RunFolderError, match="lr"):
         M.train_maskrcnn(dataset, split, out, epochs=3, resume=True, **{**options, "lr": 1e-4})
 
     record = M.train_maskrcnn(dataset, split, out, epochs=3, resume=True, **options)

@@ -238,7 +238,7 @@ def test_an_existing_run_is_not_overwritten(tmp_path, tiny_data):
     dataset, split = tiny_data
     out = tmp_path / "run"
     F.finetune_sam(dataset, split, out, dict(FAST), device="cpu")
-    with pytest.raises(MscsegError, match="output already exists"):
+    with pytest.raises(MscsegError, match="holds a finished sam_vit_tiny run"):
         F.finetune_sam(dataset, split, out, dict(FAST), device="cpu")
 
 

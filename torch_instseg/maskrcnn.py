@@ -21,8 +21,7 @@ import argparse
 import math
 import os
 import sys
-import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -33,7 +32,8 @@ from data.errors import MscsegError
 from data.geometry import maskrcnn_training_geometry
 from data.lock import lock_output_folder
 from data.outputs import check_can_write
-from data.run_record import HISTORY_CSV, RUN_JSON, RunRecord, check_resume, library_versions, read_record
+from data.lifecycle import EpochSteps, RunSpec, TrainingRun, open_run, run_epochs
+from data.run_record import HISTORY_CSV, RUN_JSON, RunRecord, library_versions, read_record
 from data.settings import add_arguments, from_arguments, problem_text
 
 from .errors import InstsegError
@@ -358,7 +358,6 @@ class TrainingState:
     start_epoch: int = 0
     best_loss: float = math.inf
     best_epoch: int = 0
-    history: list[dict] = field(default_factory=list)
 
 
 def _load_arrays(dataset, names: Sequence[str], image_size: int | None) -> tuple[list[np.ndarray], list[np.ndarray]]:
@@ -432,27 +431,22 @@ def check_training_inputs(settings: MaskRCNNSettings, split: dict, split_path: s
     return train_names, val_names
 
 
+def run_spec(settings: MaskRCNNSettings, split_record: dict) -> RunSpec:
+    """What the shared life cycle (``data.lifecycle``) needs to know about this run."""
+    return RunSpec("maskrcnn", MODEL_NAME, settings.to_record(), split_record, settings.epochs, RESUME_MUST_MATCH, RUN_FILES,
+                   resume_files=("last.pt",), max_minutes=settings.max_minutes)
+
+
 def load_or_resume_record(out_dir: Path, settings: MaskRCNNSettings, split_record: dict, resume: bool,
                           overwrite: bool) -> RunRecord:
-    """The run record to continue (``resume``: same settings and split) or a new one; refuses to overwrite."""
-    if resume:
-        if not (out_dir / "last.pt").is_file():
-            raise InstsegError("nothing to resume (no last.pt); start without --resume", out_dir)
-        try:
-            previous = read_record(out_dir)
-            check_resume(previous, settings.to_record(), RESUME_MUST_MATCH, split_record, out_dir / RUN_JSON)
-        except MscsegError as error:
-            raise InstsegError(error.problem, error.path) from None
-        previous.settings, previous.epochs, previous.status = settings.to_record(), settings.epochs, "running"
-        return previous
-    if not overwrite:
-        for name in RUN_FILES:
-            check_can_write(out_dir / name, overwrite=False)
-    return RunRecord("maskrcnn", MODEL_NAME, settings.to_record(), split_record, epochs=settings.epochs)
+    """The run record to continue (``resume``: same settings and split) or a new one; ``RunFolderError`` when refused."""
+    run = open_run(out_dir, run_spec(settings, split_record), resume, overwrite)
+    run.record.settings, run.record.epochs = settings.to_record(), settings.epochs
+    return run.record
 
 
 def build_training_state(settings: MaskRCNNSettings, device, out_dir: Path, resume: bool, download: bool) -> TrainingState:
-    """Model, AdamW and ReduceLROnPlateau; on ``resume`` all three (and the history) from ``last.pt``."""
+    """Model, AdamW and ReduceLROnPlateau; on ``resume`` all three from ``last.pt``."""
     import torch
 
     torch.manual_seed(settings.seed)
@@ -470,12 +464,6 @@ def build_training_state(settings: MaskRCNNSettings, device, out_dir: Path, resu
         optimizer.load_state_dict(checkpoint["optimizer"])
         scheduler.load_state_dict(checkpoint["scheduler"])
         state.start_epoch = int(checkpoint["epoch"])
-        state.best_loss = float(checkpoint.get("best_loss", math.inf))
-        state.best_epoch = int(checkpoint.get("best_epoch", 0))
-        if (out_dir / HISTORY_CSV).is_file():
-            import pandas as pd
-
-            state.history = pd.read_csv(out_dir / HISTORY_CSV).to_dict("records")[:state.start_epoch]
     return state
 
 
@@ -599,103 +587,83 @@ def train_maskrcnn(
 ) -> dict:
     """Train Mask R-CNN on ``split["train"]``, validate on ``split["val"]``; returns run.json's content.
 
-    ``settings`` (or its fields as keyword ``options``) are the recipe; ``resume`` continues
-    from ``last.pt`` (same settings and split), ``overwrite`` replaces a previous run.
-    A time budget stops with status "stopped: time budget". Bad input raises
-    ``InstsegError``/``DatasetError`` before anything is written.
+    ``settings`` (or its fields as keyword ``options``) are the recipe; the run folder's life
+    cycle (refusals, ``resume`` from ``last.pt`` with the same settings and split, ``overwrite``,
+    the time budget, status words) is ``data.lifecycle``'s. Bad input raises
+    ``InstsegError``/``DatasetError``/``RunFolderError`` before anything is written.
     """
     torch, _ = import_torch()
     try:
         settings = replace(settings or MaskRCNNSettings(), **options).checked()
     except TypeError as error:
         raise InstsegError(f"unknown Mask R-CNN setting ({error})") from None
-    out_dir = Path(out_dir)
-    train_names, val_names = check_training_inputs(settings, split, split_path, resume, download)
+    world, rank, local_rank = _distributed()
+    train_names, val_names = list(split.get("train", [])), list(split.get("val", []))
     split_record = {"path": str(split_path) if split_path else None, "seed": split.get("seed"),
                     "train": train_names, "val": val_names}
-    record = load_or_resume_record(out_dir, settings, split_record, resume, overwrite)
+    run = open_run(out_dir, run_spec(settings, split_record), resume, overwrite, writes=rank == 0)
+    if run.done:
+        return run.record.to_dict()
+    check_training_inputs(settings, split, split_path, run.start_epoch > 0, download)
     arrays = (*_load_arrays(dataset, train_names, settings.image_size), *_load_arrays(dataset, val_names, settings.image_size))
-    world, rank, local_rank = _distributed()
-    is_main = rank == 0
     torch_device = _resolve_training_device(device, local_rank, world)
     reproducibility = make_reproducible(settings.deterministic)
-    if is_main and overwrite and not resume:
-        for name in RUN_FILES:
-            (out_dir / name).unlink(missing_ok=True)
-    state = build_training_state(settings, torch_device, out_dir, resume, download)
-    train_loader, train_sampler, val_loader = _loaders(settings, arrays, torch_device, world)
+    state = build_training_state(settings, torch_device, run.out_dir, run.start_epoch > 0, download)
+    loaders = _loaders(settings, arrays, torch_device, world)
     net = state.model
     if world > 1:
         net = torch.nn.parallel.DistributedDataParallel(state.model, device_ids=[torch_device.index] if torch_device.type == "cuda" else None)
-    record.details.update({
+    run.start({
         "task": "instance segmentation (2 classes: background, cell)",
         "weights_source": settings.weights if settings.weights != "coco" else f"coco ({COCO_WEIGHTS_FILE})",
         "n_train": len(train_names), "n_val": len(val_names), "device": str(torch_device), "world_size": world,
         "files": {"best": "best.pt", "last": "last.pt", "history": HISTORY_CSV},
-        "best_by": "val_loss" if val_loader is not None else "train_loss (no validation images)",
+        "best_by": "val_loss" if loaders[2] is not None else "train_loss (no validation images)",
         "reproducibility": reproducibility,
         "geometry": maskrcnn_training_geometry(dataset, train_names, settings.image_size, settings.min_size, settings.max_size),
     })
-    try:
-        status = _epochs(settings, state, net, (train_loader, train_sampler, val_loader), torch_device, out_dir, record,
-                         is_main, not quiet and is_main)
-    except (KeyboardInterrupt, InstsegError) as error:
-        if is_main and (out_dir / RUN_JSON).is_file():
-            record.status = "stopped: interrupted" if isinstance(error, KeyboardInterrupt) else f"failed: {error.problem}"
-            record.write(out_dir)
-        raise
-    epochs_done = state.history[-1]["epoch"] if state.history else state.start_epoch
-    record.progress(epochs_done, state.best_epoch, state.best_loss, record.wall_time_s, [r["time_s"] for r in state.history], status)
-    if is_main:
-        record.write(out_dir, state.history)
+    record = run_epochs(run, epoch_steps(settings, state, net, loaders, torch_device, run, not quiet and rank == 0),
+                        show=not quiet and rank == 0)
     if world > 1:
         torch.distributed.barrier()
-    return record.to_dict()
+    return record
 
 
-def _epochs(settings: MaskRCNNSettings, state: TrainingState, net, loaders: tuple, device, out_dir: Path,
-            record: RunRecord, is_main: bool, show: bool) -> str:
-    """Train from ``state.start_epoch`` to ``settings.epochs``, checkpointing each epoch; returns the final status."""
+def epoch_steps(settings: MaskRCNNSettings, state: TrainingState, net, loaders: tuple, device, run: TrainingRun,
+                show: bool) -> EpochSteps:
+    """Mask R-CNN's "train one epoch", "evaluate", plateau step and checkpoint for ``data.lifecycle.run_epochs``."""
     from tqdm.auto import tqdm
 
     train_loader, train_sampler, val_loader = loaders
     iterations = len(train_loader)
     warmup_total = min(1000, max(iterations - 1, 0)) if settings.warmup_iters is None else int(settings.warmup_iters)
     cosine_end = settings.epochs * iterations if settings.lr_schedule == "cosine" else None
-    warmup = make_warmup(state.optimizer, warmup_total, state.start_epoch * iterations, cosine_end, settings.lr)
-    started, wall_before = time.time(), record.wall_time_s if record.epochs_done else 0.0
-    epoch_bar = tqdm(range(state.start_epoch, settings.epochs), desc="epochs", disable=not show, initial=state.start_epoch,
-                     total=settings.epochs)
-    for epoch in epoch_bar:
-        epoch_started = time.time()
-        batches = tqdm(total=iterations, desc=f"epoch {epoch + 1}/{settings.epochs}", leave=False, disable=not show)
-        try:
-            train_losses = train_one_epoch(net, train_loader, train_sampler, device, state.optimizer, warmup, epoch, batches)
-        except FloatingPointError as error:
-            raise InstsegError(f"{out_dir}: training diverged at epoch {epoch + 1} ({error}); lower --lr (last.pt keeps the last good epoch)") from None
-        finally:
-            batches.close()
-        val_losses = evaluate_loss(net, val_loader, device, settings.seed) if val_loader is not None else None
-        monitored = val_losses["loss"] if val_losses is not None else train_losses["loss"]
-        current_lr = state.optimizer.param_groups[0]["lr"]
+    warmup = make_warmup(state.optimizer, warmup_total, run.start_epoch * iterations, cosine_end, settings.lr)
+    learning_rate = {}
+
+    def train(epoch: int) -> dict[str, float]:
+        with tqdm(total=iterations, desc=f"epoch {epoch}/{settings.epochs}", leave=False, disable=not show) as batches:
+            try:
+                losses = train_one_epoch(net, train_loader, train_sampler, device, state.optimizer, warmup, epoch - 1, batches)
+            except FloatingPointError as error:
+                raise InstsegError(f"training diverged at epoch {epoch} ({error}); lower --lr (last.pt keeps the last good epoch)",
+                                   run.out_dir) from None
+        learning_rate[epoch] = state.optimizer.param_groups[0]["lr"]
+        return losses
+
+    def row(epoch: int, train_losses: dict, val_losses: dict | None, seconds: float) -> dict:
+        return _history_row(epoch, train_losses, val_losses, learning_rate[epoch], seconds)
+
+    def adjust(epoch: int, monitored: float) -> None:
         if settings.lr_schedule == "plateau":
             state.scheduler.step(monitored)
-        state.history.append(_history_row(epoch + 1, train_losses, val_losses, current_lr, time.time() - epoch_started))
-        improved = monitored < state.best_loss
-        if improved:
-            state.best_loss, state.best_epoch = monitored, epoch + 1
-        record.progress(epoch + 1, state.best_epoch, state.best_loss, wall_before + time.time() - started,
-                        [row["time_s"] for row in state.history], "running")
-        if is_main:
-            save_checkpoint(out_dir, state, epoch + 1, improved, monitored)
-            record.write(out_dir, state.history)
-        epoch_bar.set_postfix(train=f"{train_losses['loss']:.3f}", val=f"{state.history[-1]['val_loss']:.3f}")
-        if settings.max_minutes is not None and time.time() - started > 60.0 * settings.max_minutes and epoch + 1 < settings.epochs:
-            epoch_bar.close()
-            return f"stopped: time budget of {settings.max_minutes} min after epoch {epoch + 1}"
-    epoch_bar.close()
-    record.wall_time_s = round(wall_before + time.time() - started, 3)
-    return "finished"
+
+    def save(epoch: int, improved: bool, monitored: float) -> None:
+        state.best_loss, state.best_epoch = run.best_loss, run.best_epoch
+        save_checkpoint(run.out_dir, state, epoch, improved, monitored)
+
+    return EpochSteps(train=train, evaluate=lambda epoch: evaluate_loss(net, val_loader, device, settings.seed) if val_loader is not None else None,
+                      save=save, row=row, adjust=adjust)
 
 
 def _partial(path: Path) -> Path:

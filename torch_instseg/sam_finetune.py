@@ -39,7 +39,6 @@ torch and segment-anything are imported inside functions only.
 """
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,6 +47,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from data.errors import DatasetError
+from data.lifecycle import EpochSteps, RunSpec, TrainingRun, open_run, run_epochs
 from data.outputs import check_can_write, replace_atomically
 
 from .errors import InstsegError
@@ -497,12 +497,9 @@ def save_sam_state(sam, path: str | Path) -> Path:
     return path
 
 
-def save_resume_state(path: Path, optimizer, epoch: int, best_epoch: int, best_loss: float,
-                      history: list[dict], rng: np.random.Generator, epoch_times: list[float], wall_time_s: float) -> None:
-    _atomic_torch_save({
-        "optimizer": optimizer.state_dict(), "epoch": epoch, "best_epoch": best_epoch, "best_loss": best_loss,
-        "history": history, "rng": rng.bit_generator.state, "epoch_times": epoch_times, "wall_time_s": wall_time_s,
-    }, path)
+def save_resume_state(path: Path, optimizer, epoch: int, rng: np.random.Generator) -> None:
+    """``resume.pt``: the optimizer state, the epoch and the prompt sampler's random state."""
+    _atomic_torch_save({"optimizer": optimizer.state_dict(), "epoch": epoch, "rng": rng.bit_generator.state}, path)
 
 
 def load_resume_state(path: Path) -> dict:
@@ -523,22 +520,10 @@ def _split_record(split: Mapping[str, Any], split_path: str | Path | None) -> di
     return record
 
 
-def check_run_folder(out_dir: Path, settings: FinetuneSettings, split: Mapping[str, Any], resume: bool, overwrite: bool):
-    """The previous run record when resuming (checked against the settings), else None after checking nothing is in the way."""
-    from data.run_record import check_resume, read_record
-
-    if resume:
-        previous = read_record(out_dir)
-        if previous.trainer != TRAINER:
-            raise InstsegError(f"cannot resume: this run folder holds a '{previous.trainer}' run, not SAM fine-tuning", out_dir / "run.json")
-        check_resume(previous, settings.to_dict(), RESUME_MUST_MATCH, split, out_dir / "run.json")
-        for name in ("last.pth", "resume.pt"):
-            if not (out_dir / name).is_file():
-                raise InstsegError(f"cannot resume: {name} missing; start over with --overwrite", out_dir / name)
-        return previous
-    for name in RUN_FILES:
-        check_can_write(out_dir / name, overwrite)
-    return None
+def run_spec(settings: FinetuneSettings, split_record: dict[str, Any]) -> RunSpec:
+    """What the shared life cycle (``data.lifecycle``) needs to know about this run."""
+    return RunSpec(TRAINER, f"sam_{settings.variant}", settings.to_dict(), split_record, settings.epochs, RESUME_MUST_MATCH,
+                   RUN_FILES, resume_files=("last.pth", "resume.pt"), max_minutes=settings.max_minutes)
 
 
 def build_for_training(settings: FinetuneSettings, device: str | None, resume_from: Path | None = None):
@@ -569,105 +554,88 @@ def finetune_sam(
 ) -> dict[str, Any]:
     """Fine-tune SAM on ``split['train']`` of ``dataset``, validated on ``split['val']``; returns the run record as a dict.
 
-    Every input is checked (settings, images, instances, checkpoint variant, resume
-    settings) before anything is written: then ``split`` goes to ``write_split_to`` when
-    given (a split made for this run), and the run to ``out_dir``.
+    Every input is checked (settings, images, instances, checkpoint variant, the run folder
+    and a resume's settings, through ``data.lifecycle``) before anything is written: then
+    ``split`` goes to ``write_split_to`` when given (a split made for this run), and the run
+    to ``out_dir``.
     """
-    import torch
-    from tqdm.auto import tqdm
-
-    from data.run_record import RunRecord
-
-    if settings is None:
-        settings = FinetuneSettings()
-    elif not isinstance(settings, FinetuneSettings):
-        settings = FinetuneSettings(**dict(settings))
+    if not isinstance(settings, FinetuneSettings):
+        settings = FinetuneSettings(**dict(settings or {}))
     settings.check()
-    out_dir = Path(out_dir)
     train_names, val_names = list(split["train"]), list(split["val"])
     if not train_names:
         raise InstsegError("the split has no training images", split_path)
-    previous = check_run_folder(out_dir, settings, split, resume, overwrite)
+    run = open_run(out_dir, run_spec(settings, _split_record(split, split_path)), resume, overwrite)
+    if run.done:
+        return run.record.to_dict()
     reproducibility = make_reproducible(settings.deterministic)
-    sam = build_for_training(settings, device, out_dir / "last.pth" if previous is not None else None)
+    sam = build_for_training(settings, device, run.out_dir / "last.pth" if run.start_epoch > 0 else None)
     image_size = int(sam.image_encoder.img_size)
     check_training_data(dataset, train_names, image_size, "training")
     if val_names:
         check_training_data(dataset, val_names, image_size, "validation")
-    keep_pixels = settings.trainable == "all"
-    train_images = [prepare_image(s, image_size, keep_pixels) for s in dataset.subset(train_names)]
-    val_images = [prepare_image(s, image_size, keep_pixels) for s in dataset.subset(val_names)]
-    parameters = set_trainable(sam, settings.trainable)
-    optimizer = torch.optim.AdamW(parameters, lr=settings.lr, weight_decay=settings.weight_decay)
-
-    rng = np.random.default_rng(settings.seed)
-    history: list[dict] = []
-    epoch_times: list[float] = []
-    start_epoch, best_epoch, best_loss, wall_before = 0, 0, math.inf, 0.0
-    if previous is not None:
-        state = load_resume_state(out_dir / "resume.pt")
-        optimizer.load_state_dict(state["optimizer"])
-        start_epoch, best_epoch, best_loss = int(state["epoch"]), int(state["best_epoch"]), float(state["best_loss"])
-        history, epoch_times, wall_before = list(state["history"]), list(state["epoch_times"]), float(state["wall_time_s"])
-        rng.bit_generator.state = state["rng"]
-        record = previous
-        record.epochs = settings.epochs
-        record.settings = settings.to_dict()
-        record.status = "running"
-    else:
-        record = RunRecord(trainer=TRAINER, model=f"sam_{settings.variant}", settings=settings.to_dict(),
-                           split=_split_record(split, split_path), epochs=settings.epochs)
-    record.details.update({
-        "image_size": image_size, "trainable": settings.trainable,
-        "n_trainable_parameters": int(sum(p.numel() for p in parameters)),
-        "n_train_instances": int(sum(len(i.targets) for i in train_images)),
-        "n_val_instances": int(sum(len(i.targets) for i in val_images)),
-        "untrained_start": starts_untrained(settings.checkpoint),
-        "loss": f"{settings.focal_weight:g} x focal + {settings.dice_weight:g} x Dice (low-res grid) + MSE(predicted IoU)",
-        "device": str(sam.device), "reproducibility": reproducibility,
-    })
+    images = [[prepare_image(s, image_size, settings.trainable == "all") for s in dataset.subset(names)]
+              for names in (train_names, val_names)]
     if write_split_to is not None:
         from data.split import write_split
 
         write_split(write_split_to, dict(split))
-    out_dir.mkdir(parents=True, exist_ok=True)
-    started, cpu_started = time.time(), time.process_time()
-    cpu_before = float(record.details.get("cpu_time_s", 0.0))
+    parameters = set_trainable(sam, settings.trainable)
+    run.start(_details(settings, sam, parameters, images, reproducibility))
+    began = time.perf_counter()
     embeddings = None
     if settings.trainable != "all":
         key = embedding_key(settings, image_size, train_names + val_names)
-        embeddings = load_or_embed(sam, dataset, train_names + val_names, out_dir / "embeddings.pt", key, quiet)
-    record.details["embedding_time_s" if previous is None else "resume_embedding_time_s"] = round(time.time() - started, 3)
-    status = "finished"
-    for epoch in range(start_epoch + 1, settings.epochs + 1):
-        epoch_started = time.time()
+        embeddings = load_or_embed(sam, dataset, train_names + val_names, run.out_dir / "embeddings.pt", key, quiet)
+    run.record.details["embedding_time_s" if run.previous is None else "resume_embedding_time_s"] = round(time.perf_counter() - began, 3)
+    return run_epochs(run, epoch_steps(sam, parameters, images, settings, embeddings, run, quiet), show=not quiet)
+
+
+def _details(settings: FinetuneSettings, sam, parameters: list, images: list, reproducibility: dict) -> dict[str, Any]:
+    """What run.json's details say about the model, the data and the loss."""
+    return {
+        "image_size": int(sam.image_encoder.img_size), "trainable": settings.trainable,
+        "n_trainable_parameters": int(sum(p.numel() for p in parameters)),
+        "n_train_instances": int(sum(len(i.targets) for i in images[0])),
+        "n_val_instances": int(sum(len(i.targets) for i in images[1])),
+        "untrained_start": starts_untrained(settings.checkpoint),
+        "loss": f"{settings.focal_weight:g} x focal + {settings.dice_weight:g} x Dice (low-res grid) + MSE(predicted IoU)",
+        "device": str(sam.device), "reproducibility": reproducibility,
+    }
+
+
+def epoch_steps(sam, parameters: list, images: list, settings: FinetuneSettings, embeddings: Mapping[str, Any] | None,
+                run: TrainingRun, quiet: bool) -> EpochSteps:
+    """SAM fine-tuning's "train one epoch", "evaluate" and checkpoint for ``data.lifecycle.run_epochs``."""
+    import torch
+    from tqdm.auto import tqdm
+
+    train_images, val_images = images
+    optimizer = torch.optim.AdamW(parameters, lr=settings.lr, weight_decay=settings.weight_decay)
+    rng = np.random.default_rng(settings.seed)
+    if run.start_epoch > 0:
+        state = load_resume_state(run.out_dir / "resume.pt")
+        optimizer.load_state_dict(state["optimizer"])
+        rng.bit_generator.state = state["rng"]
+
+    def train(epoch: int) -> dict[str, float]:
         with tqdm(total=len(train_images), desc=f"sam epoch {epoch}/{settings.epochs}", disable=quiet, leave=False) as progress:
-            train = train_one_epoch(sam, train_images, optimizer, settings, rng, embeddings, progress)
-        val = evaluate_loss(sam, val_images, settings, settings.seed + 1, embeddings) if val_images else {}
-        monitored = val.get("loss", train.get("loss", math.inf))
-        epoch_times.append(time.time() - epoch_started)
-        row = {"epoch": epoch, **{f"train_{k}": v for k, v in train.items()}, **{f"val_{k}": v for k, v in val.items()},
-               "lr": settings.lr, "time_s": round(epoch_times[-1], 3)}
-        history.append(row)
-        if monitored < best_loss:
-            best_loss, best_epoch = monitored, epoch
-            save_sam_state(sam, out_dir / "best.pth")
-        save_sam_state(sam, out_dir / "last.pth")
-        wall = wall_before + time.time() - started
-        save_resume_state(out_dir / "resume.pt", optimizer, epoch, best_epoch, best_loss, history, rng, epoch_times, wall)
-        if settings.max_minutes is not None and wall > settings.max_minutes * 60 and epoch < settings.epochs:
-            status = f"stopped: max_minutes {settings.max_minutes:g} reached after epoch {epoch}"
-        record.details["cpu_time_s"] = round(cpu_before + time.process_time() - cpu_started, 3)
-        record.progress(epoch, best_epoch, best_loss, wall, epoch_times, "running" if status == "finished" else status)
-        record.write(out_dir, history)
-        if not quiet:
-            print(f"epoch {epoch}: train loss {train.get('loss', float('nan')):.4f}, val loss {val.get('loss', float('nan')):.4f}")
-        if status != "finished":
-            break
-    record.details["cpu_time_s"] = round(cpu_before + time.process_time() - cpu_started, 3)
-    record.progress(len(history), best_epoch, best_loss, wall_before + time.time() - started, epoch_times, status)
-    record.write(out_dir, history)
-    return record.to_dict()
+            return train_one_epoch(sam, train_images, optimizer, settings, rng, embeddings, progress)
+
+    def evaluate(epoch: int) -> dict[str, float] | None:
+        return evaluate_loss(sam, val_images, settings, settings.seed + 1, embeddings) if val_images else None
+
+    def row(epoch: int, train_losses: Mapping, val_losses: Mapping | None, seconds: float) -> dict:
+        return {"epoch": epoch, **{f"train_{k}": v for k, v in train_losses.items()},
+                **{f"val_{k}": v for k, v in (val_losses or {}).items()}, "lr": settings.lr, "time_s": round(seconds, 3)}
+
+    def save(epoch: int, improved: bool, monitored: float) -> None:
+        if improved:
+            save_sam_state(sam, run.out_dir / "best.pth")
+        save_sam_state(sam, run.out_dir / "last.pth")
+        save_resume_state(run.out_dir / "resume.pt", optimizer, epoch, rng)
+
+    return EpochSteps(train=train, evaluate=evaluate, save=save, row=row)
 
 
 # ---------------------------------------------------------------- the step the runner calls
@@ -789,7 +757,7 @@ def _main(argv: Sequence[str] | None = None) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     from data.cli import run_cli
 
-    return run_cli(_main, argv)
+    return run_cli(_main, argv, resume_hint="continue with --resume")
 
 
 if __name__ == "__main__":

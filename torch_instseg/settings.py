@@ -93,7 +93,8 @@ class MaskRCNNSettings:
     image_size: None keeps the native size (the model then resizes internally with
     min_size/max_size, default torchvision's 800/1333); N resizes every image to N x N once
     and sets min_size = max_size = N. warmup_iters: None = the first epoch's iterations (at
-    most 1000), 0 = none. max_minutes: stop after the epoch that passes this wall time.
+    most 1000), 0 = none. max_minutes: stop after the epoch that passes this wall time of the whole
+    run, resumes included (``data.lifecycle``).
     model_options: extra torchvision ``MaskRCNN`` arguments (see ``build_maskrcnn``).
     """
 
@@ -112,7 +113,8 @@ class MaskRCNNSettings:
     warmup_iters: int | None = setting(None, "linear warm-up iterations (none: the first epoch's, at most 1000; 0: none)", stamped_at_default=False)
     augmentation: dict[str, float] | None = setting(None, "probabilities of hflip, vflip, rot90 (none: the paper's 0.5, 0.3, 0.3)", stamped_at_default=False)
     num_workers: int = setting(0, "data loader worker processes", stamped_at_default=False)
-    max_minutes: float | None = setting(None, "stop after the epoch that passes this wall time", stamped_at_default=False)
+    max_minutes: float | None = setting(None, "stop after the epoch that passes this wall time of the whole run, resumes included",
+                                        stamped_at_default=False)
     model_options: dict[str, Any] = setting(help="more torchvision MaskRCNN arguments, anchor_sizes and head_channels",
                                             factory=dict)
     lr_schedule: str = setting("plateau", "plateau (ReduceLROnPlateau on the validation loss, the paper's) or cosine",
@@ -216,7 +218,7 @@ class FinetuneSettings:
                                                "0, Dice alone, from random weights)")
     dice_weight: float = setting(DICE_WEIGHT, "weight of the Dice loss")
     seed: int = setting(0, "random seed")
-    max_minutes: float | None = setting(None, "stop after the epoch that passes this wall time")
+    max_minutes: float | None = setting(None, "stop after the epoch that passes this wall time of the whole run, resumes included")
     mask_prompt_probability: float = setting(0.0, "chance that the first round adds a detector-like mask prompt (trains box_mask)")
     deterministic: bool = setting(True, DETERMINISTIC_HELP, stamped_at_default=False)
 

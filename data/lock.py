@@ -58,7 +58,7 @@ class FolderLock:
         os.close(self.fd)
         self.fd = -1
         if self.created is not None:
-            _remove_empty(self.folder, self.created)
+            remove_empty(self.folder, self.created)
         _HELD[:] = [lock for lock in _HELD if lock is not self]
 
 
@@ -87,7 +87,7 @@ def acquire(folder: str | Path, command: str | None = None) -> FolderLock:
             os.close(lock.fd)
             lock.fd = -1
         if created is not None:
-            _remove_empty(folder, created)
+            remove_empty(folder, created)
         raise
     record = {"pid": os.getpid(), "host": socket.gethostname(), "command": command or _command_line(),
               "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
@@ -283,7 +283,7 @@ def _command_line() -> str:
     return " ".join([Path(sys.argv[0]).name if sys.argv and sys.argv[0] else "python", *sys.argv[1:]])
 
 
-def _remove_empty(folder: Path, top: Path) -> None:
+def remove_empty(folder: Path, top: Path) -> None:
     """Remove ``folder`` and its parents up to ``top`` while they are empty."""
     for candidate in (folder, *folder.parents):
         if not candidate.is_dir() or any(candidate.iterdir()):

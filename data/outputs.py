@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from .errors import DatasetError, MscsegError
-from .lock import has_content
+from .lock import has_content, remove_empty as _remove_empty
 
 
 class OutputExistsError(DatasetError):
@@ -132,16 +132,6 @@ def _final_name(filename: Any, stage: Path, out_dir: Path) -> Path:
     if relative.name.endswith(".partial"):
         relative = relative.with_name(relative.name[: -len(".partial")])
     return out_dir / relative
-
-
-def _remove_empty(folder: Path, top: Path) -> None:
-    """Remove ``folder`` and its parents up to ``top`` while they are empty."""
-    for candidate in (folder, *folder.parents):
-        if not candidate.is_dir() or any(candidate.iterdir()):
-            return
-        candidate.rmdir()
-        if candidate == top:
-            return
 
 
 @contextmanager

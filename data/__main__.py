@@ -124,7 +124,7 @@ def _synth(args: argparse.Namespace) -> int:
 
 def convert_to_coco(dataset: Dataset, out: Path, overwrite: bool = False) -> dict:
     """Write ``out`` (a COCO instances JSON: one RLE annotation per labelled cell); every sample is loaded before writing."""
-    from torch_instseg.coco import dataset_to_coco, write_coco
+    from .coco_codec import dataset_to_coco, write_coco
 
     check_can_write(out, overwrite)
     coco = dataset_to_coco(load_entry(entry) for entry in dataset.entries)

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from pycocotools import mask as mask_utils
 
+from data.errors import DatasetError
 from data.synthetic import generate
 from torch_instseg.coco import (
     counts_to_mask,
@@ -82,8 +83,8 @@ def test_uncompressed_counts_and_batch_decoding():
     {"size": [2], "counts": "4"},                      # bad size
     {"size": [2, 2], "counts": 4},                     # counts not str/list
 ])
-def test_bad_rle_is_an_instseg_error(rle):
-    with pytest.raises(InstsegError):
+def test_bad_rle_is_a_dataset_error(rle):
+    with pytest.raises(DatasetError):
         decode_rle(rle)
 
 
@@ -132,9 +133,9 @@ def test_instances_to_results_fields():
     assert np.array_equal(decode_rle(results[0]["segmentation"]), masks[0])
     boxed = instances_to_results(7, masks, [0.9, 0.2], boxes=np.array([[1, 1, 4, 3], [0, 0, 1, 1]]))
     assert boxed[0]["bbox"] == [1.0, 1.0, 3.0, 2.0]
-    with pytest.raises(InstsegError):
+    with pytest.raises(DatasetError):
         instances_to_results(7, masks, [0.9])
-    with pytest.raises(InstsegError):
+    with pytest.raises(DatasetError):
         instances_to_results(7, masks, [0.9, 0.1], boxes=np.zeros((2, 3)))
 
 
@@ -217,3 +218,20 @@ def test_polygon_ground_truth_rasterised_like_cocoeval():
     counts = index_ground_truth(gt).instances[0].counts
     reference = mask_utils.decode(mask_utils.merge(mask_utils.frPyObjects(polygon, 6, 8))).astype(bool)
     assert np.array_equal(counts_to_mask(counts, 6, 8), reference)
+
+
+def test_the_data_layer_imports_nothing_above_it():
+    """``data/`` (the codec, the readers, ``python -m data``) imports neither torch_instseg, keras_semseg, mscseg nor a framework."""
+    import ast
+    from pathlib import Path
+
+    import data
+
+    above = {"torch_instseg", "keras_semseg", "mscseg", "peers", "stats", "torch", "torchvision", "tensorflow"}
+    found = []
+    for path in sorted(Path(data.__file__).parent.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
+                [node.module] if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module else [])
+            found += [f"{path.name}: {name}" for name in names if name.split(".")[0] in above]
+    assert found == []

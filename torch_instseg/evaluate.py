@@ -67,9 +67,10 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from data.cli import make_parser, run_cli
+from data.coco_codec import counts_to_pixels
 from data.outputs import check_can_write, check_output_folder, staged_outputs, write_csv, write_json
 
-from .coco import IN_MEMORY_GT, GroundTruth, Instance, counts_to_pixels, index_ground_truth, index_results, results_meta
+from .coco import IN_MEMORY_GT, GroundTruth, Instance, index_ground_truth, index_results, results_meta
 from .errors import InstsegError
 from .names import INTERPOLATIONS
 

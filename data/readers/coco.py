@@ -1,8 +1,9 @@
 """COCO instance JSON: ``images`` (``id``, ``file_name``, ``height``, ``width``) and
 ``annotations`` (``image_id``, ``segmentation`` as polygons or RLE, ``iscrowd``).
 
-Segmentations are decoded with pycocotools: polygon lists, uncompressed RLE (``counts``
-a list) and compressed RLE (``counts`` a string). Annotation k of an image (in file
+Segmentations are decoded by the one COCO codec (``data.coco_codec``): polygon lists
+(rasterised by pycocotools, as COCOeval does), uncompressed RLE (``counts`` a list) and
+compressed RLE (``counts`` a string). Annotation k of an image (in file
 order, after filtering) gets label k; later annotations lie on top. Crowd annotations
 (``iscrowd: 1``, a group of cells in one region) are by default kept as one region each
 (``crowd="instance"``, so that the semantic mask stays right); ``crowd="skip"`` leaves them
@@ -17,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from ..coco_codec import decode_rle, polygons_to_counts, rle_size, rle_to_counts
 from ..dataset import Dataset, Entry
 from ..errors import DatasetError
 from ..imageio import read_image
@@ -49,65 +51,25 @@ def _check_segmentation(segmentation: Any) -> str:
             raise ValueError(f"RLE size must be [height, width], got {size!r}")
         if not isinstance(segmentation["counts"], (list, str)):
             raise ValueError("RLE counts must be a list (uncompressed) or a string (compressed)")
-        _check_rle_counts(segmentation)
+        try:
+            rle_to_counts(segmentation)
+        except DatasetError as error:
+            raise ValueError(error.problem) from None
         return "rle"
     raise ValueError("segmentation must be a list of polygons or an RLE {'counts', 'size'}")
 
 
-def compressed_counts(text: str) -> list[int]:
-    """The run lengths of COCO's compressed RLE string (pycocotools' ``rleFrString``);
-    ``ValueError`` for a character outside '0'..'o' or a truncated string."""
-    counts: list[int] = []
-    position = 0
-    while position < len(text):
-        value, shift, more = 0, 0, True
-        while more:
-            if position >= len(text):
-                raise ValueError("RLE counts string is truncated")
-            code = ord(text[position]) - 48
-            if not 0 <= code <= 63:
-                raise ValueError("RLE counts string has characters outside '0'..'o'")
-            value |= (code & 0x1F) << shift
-            more = bool(code & 0x20)
-            position += 1
-            shift += 5
-            if not more and code & 0x10:
-                value |= -1 << shift
-        if len(counts) > 2:
-            value += counts[-2]
-        counts.append(value)
-    return counts
-
-
-def _check_rle_counts(segmentation: dict) -> None:
-    """``ValueError`` unless the run lengths are non-negative integers adding up to height x width."""
-    height, width = segmentation["size"]
-    counts = segmentation["counts"]
-    counts = compressed_counts(counts) if isinstance(counts, str) else counts
-    if not all(isinstance(value, int) and not isinstance(value, bool) and value >= 0 for value in counts):
-        raise ValueError("RLE counts must be non-negative integers")
-    if sum(counts) != height * width:
-        raise ValueError(f"RLE counts cover {sum(counts)} pixels, but size {height}x{width} has {height * width}")
-
-
 def decode_segmentation(segmentation: Any, height: int, width: int) -> np.ndarray:
-    """H x W bool mask of one annotation's segmentation (polygons, or RLE of size ``[height, width]``)."""
-    from pycocotools import mask as mask_utils
-
+    """H x W bool mask of one annotation's segmentation (polygons, or RLE of size ``[height, width]``), by ``data.coco_codec``."""
     if isinstance(segmentation, list):
         polygons = [polygon for polygon in segmentation if len(polygon) >= 6]
         if not polygons:
             return np.zeros((height, width), bool)
-        rle = mask_utils.merge(mask_utils.frPyObjects([[float(v) for v in p] for p in polygons], height, width))
-    else:
-        rle_height, rle_width = segmentation["size"]
-        if (rle_height, rle_width) != (height, width):
-            raise ValueError(f"RLE size is {rle_width}x{rle_height} (WxH) but the image entry says {width}x{height}")
-        if isinstance(segmentation["counts"], list):
-            rle = mask_utils.frPyObjects(segmentation, height, width)
-        else:
-            rle = {"size": [height, width], "counts": segmentation["counts"].encode("ascii")}
-    return mask_utils.decode(rle).astype(bool)
+        return decode_rle({"size": [height, width], "counts": polygons_to_counts(polygons, height, width)})
+    rle_height, rle_width = rle_size(segmentation)
+    if (rle_height, rle_width) != (height, width):
+        raise ValueError(f"RLE size is {rle_width}x{rle_height} (WxH) but the image entry says {width}x{height}")
+    return decode_rle(segmentation)
 
 
 def _labels(annotations: list[dict], height: int, width: int, json_path: Path, file_name: str) -> np.ndarray:

@@ -21,13 +21,18 @@ replacing whatever partial files they have. A run without ``--workers``, ``--sch
 Byte identity between the serial and the distributed runs: every per-image file is the same byte
 for byte, and counts.csv is the same except its ``seconds`` column (each image's wall time on the
 process that predicted it, from reading the image to its files written; a resumed image keeps the
-seconds of the run that predicted it); predict.json differs only in ``execution``.
+seconds of the run that predicted it); predict.json differs only in ``execution``. That holds on one
+machine with the same thread settings: numpy's BLAS can round a large cell's moments differently
+with another thread count, so the ``--workers`` processes keep this process's
+``OMP/MKL/OPENBLAS_NUM_THREADS`` (``local_cluster``) instead of Dask's 1; the workers of a
+``--scheduler`` cluster run with their own (Dask's default: 1 thread).
 """
 from __future__ import annotations
 
 import contextlib
 import hashlib
 import json
+import logging
 import threading
 import time
 from dataclasses import asdict, dataclass
@@ -44,6 +49,7 @@ from .predict import (
 
 MARKERS = ".mscseg-predict"
 DASK_MISSING = 'Dask is not installed (--workers, --scheduler); install it with: pip install "dask[distributed]"'
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 IMAGE_FILES = (("masks", ".png"), ("labels", ".png"), ("labels", ".tif"), ("overlays", ".png"), ("cells", ".csv"),
                ("rois", ".zip"), ("geojson", ".geojson"))
 
@@ -275,6 +281,21 @@ def import_distributed():
     return distributed
 
 
+def local_cluster(workers: int) -> Any:
+    """A ``distributed.LocalCluster`` of ``workers`` processes, one Dask thread each, whose numeric libraries keep this
+    process's thread settings.
+
+    Dask starts its workers with ``OMP/MKL/OPENBLAS_NUM_THREADS=1``; a sum numpy hands to a BLAS
+    with one thread instead of several can differ in its last bit (scikit-image's moments of a
+    large cell), so the workers inherit this process's settings and compute as it does.
+    """
+    import dask
+
+    distributed = import_distributed()
+    with dask.config.set({f"distributed.nanny.pre-spawn-environ.{name}": None for name in THREAD_VARIABLES}):
+        return distributed.LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0")
+
+
 @contextlib.contextmanager
 def dask_client(execution: Execution) -> Iterator[Any]:
     """A ``distributed.Client`` of a new local cluster (closed after) or of the running scheduler ``execution`` names."""
@@ -287,15 +308,20 @@ def dask_client(execution: Execution) -> Iterator[Any]:
             reason = " ".join(str(error).split()) or type(error).__name__
             raise RunError(f"--scheduler {execution.scheduler}: no Dask scheduler answers ({reason})") from None
     else:
-        cluster = distributed.LocalCluster(n_workers=execution.workers, threads_per_worker=1, processes=True,
-                                           dashboard_address=None)
+        cluster = local_cluster(execution.workers)
         client = distributed.Client(cluster)
     try:
         yield client
     finally:
         client.close()
         if cluster is not None:
-            cluster.close()
+            nanny = logging.getLogger("distributed.nanny")
+            level = nanny.level
+            nanny.setLevel(logging.ERROR)      # "still alive after 4 s, killing": a framework's threads end slowly
+            try:
+                cluster.close()
+            finally:
+                nanny.setLevel(level)
 
 
 def _on_dask(plan: ImagePlan, jobs: Sequence[ImageJob], execution: Execution, quiet: bool) -> Iterator[dict]:

@@ -211,13 +211,39 @@ def serial_out(trained_run, new_images, tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def cluster():
     """A local Dask cluster of two worker processes, one thread each (what --workers 2 starts)."""
-    from distributed import Client, LocalCluster
+    from distributed import Client
 
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as local:
+    with distributed_predict.local_cluster(2) as local:
         with Client(local) as client:
             client.wait_for_workers(2)
             local.client = client
             yield local
+
+
+def _holed_blocks(seed: int) -> np.ndarray:
+    """One large cell (a few hundred px wide, five round holes): its moments go through a multi-threaded BLAS."""
+    rng = np.random.default_rng(seed)
+    height, width = rng.integers(300, 1000, 2)
+    yy, xx = np.mgrid[0:height, 0:width]
+    labels = np.ones((height, width), np.int32)
+    for _ in range(5):
+        cy, cx, radius = rng.integers(0, height), rng.integers(0, width), rng.integers(10, 100)
+        labels[(yy - cy) ** 2 + (xx - cx) ** 2 < radius * radius] = 0
+    return labels
+
+
+@pytest.mark.slow
+def test_workers_measure_as_this_process(cluster):
+    """Dask's default workers run BLAS with one thread, which changes the last bit of large cells' axis lengths on
+    many of these shapes; the workers of ``local_cluster`` keep this process's thread settings."""
+    names = distributed_predict.THREAD_VARIABLES
+    expected = {name: os.environ.get(name) for name in names}
+    for environ in cluster.client.run(lambda: {name: os.environ.get(name) for name in names}).values():
+        assert environ == expected
+    for seed in (12, 17, 19, 21, 29):
+        labels = _holed_blocks(seed)
+        there = cluster.client.submit(predict.measure_cells, labels, "cell", pure=False).result()
+        assert there.to_csv(index=False) == predict.measure_cells(labels, "cell").to_csv(index=False), seed
 
 
 @pytest.mark.slow

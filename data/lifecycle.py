@@ -234,6 +234,12 @@ class TrainingRun:
             self.record.write(self.out_dir, self.history if history else None)
 
 
+def summary(record: Mapping[str, Any], out_dir: str | Path) -> str:
+    """The one line a trainer's command prints at its end: status, epochs, best epoch and loss, wall time."""
+    return (f"{out_dir}: {record['status']} after {record['epochs_done']} of {record['epochs']} epochs; best epoch "
+            f"{record['best_epoch']} (validation loss {record['best_loss']}); {float(record['wall_time_s']):.0f} s")
+
+
 def open_run(out_dir: str | Path, spec: RunSpec, resume: bool = False, overwrite: bool = False,
              writes: bool = True) -> TrainingRun:
     """Check the run folder (see the module's refusals) and return the run to start or continue; writes nothing."""

@@ -25,7 +25,7 @@ import numpy as np
 from data import Dataset
 from data.cli import add_dataset_arguments, make_parser, open_dataset, run_cli
 from data.geometry import training_geometry
-from data.lifecycle import RunSpec, TrainingRun, open_run
+from data.lifecycle import RunSpec, TrainingRun, open_run, summary
 from data.lock import lock_output_folder
 from data.settings import add_arguments, field_names, from_arguments
 from data.run_record import HISTORY_CSV, RUN_JSON
@@ -380,8 +380,7 @@ def _main(argv: Sequence[str] | None = None) -> int:
     split = load_or_make_split(args.split, dataset.names, seed=args.seed, source=str(args.data))
     result = train_model(args.model, dataset, split, args.out, settings=settings, resume=args.resume,
                          overwrite=args.overwrite, quiet=args.quiet, split_path=args.split)
-    print(f"{args.model}: best epoch {result.get('best_epoch')} (val_loss {result.get('best_loss')}), "
-          f"{result.get('wall_time_s')} s -> {args.out}")
+    print(summary(result, args.out))
     return 0
 
 

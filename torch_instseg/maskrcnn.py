@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Sequence
 
 from data.cli import add_dataset_arguments, make_parser, open_dataset, run_cli
+from data.lifecycle import summary
 from data.lock import lock_output_folder
 from data.outputs import check_can_write
 from data.run_record import library_versions
@@ -96,9 +97,8 @@ def _main(argv: Sequence[str] | None = None) -> int:
             coco.write_coco(predictions / "gt.json", gt)
             predict_to_coco(args.out, dataset, split["val"], gt, predictions / "maskrcnn.json", device=args.device,
                             overwrite=args.overwrite or args.resume, quiet=args.quiet)
-        if not args.quiet and rank == 0:
-            print(f"{args.out}: {record['status']} after {record['epochs_done']} epochs; best epoch {record['best_epoch']} "
-                  f"(loss {record['best_loss']}); {record['wall_time_s']:.0f} s")
+        if rank == 0:
+            print(summary(record, args.out))
     finally:
         _end_distributed()
     return 0

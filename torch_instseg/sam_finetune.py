@@ -50,7 +50,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from data.lifecycle import EpochSteps, RunSpec, TrainingRun, open_run, run_epochs
+from data.lifecycle import EpochSteps, RunSpec, TrainingRun, open_run, run_epochs, summary
 from data.outputs import check_can_write
 
 from .errors import InstsegError
@@ -449,9 +449,7 @@ def _main(argv: Sequence[str] | None = None) -> int:
     record = finetune_sam(dataset, split, args.out, settings, device=args.device, resume=args.resume,
                           overwrite=args.overwrite, quiet=args.quiet, split_path=args.split,
                           write_split_to=args.split if new_split else None)
-    if not args.quiet:
-        print(f"{args.out}: {record['status']} after {record['epochs_done']} epochs; best epoch {record['best_epoch']} "
-              f"(validation loss {record['best_loss']}); {record['wall_time_s']:.0f} s")
+    print(summary(record, args.out))
     return 0
 
 

@@ -455,9 +455,7 @@ def predict_folder(run_dir: str | Path, images: Sequence[str | Path], out_dir: s
     loaded = (describe_model(run_dir, options.which) if execution.distributed
               else load_model(run_dir, options.which, options.device))
     settings = resolve_settings(loaded, options)
-    plan = make_plan(run_dir, options.which, options.device, settings.threshold, settings.scaling,
-                     (settings.tile_px, settings.overlap_px), settings.min_area, options.outputs or OutputOptions(),
-                     bool(coco), out_dir)
+    plan = make_plan(run_dir, options, settings, out_dir)
     with staged_outputs(out_dir) as stage:
         records, kept = run_images(plan, image_jobs(plan, named, image_ids), execution, loaded, options.quiet, stage)
         pixel_sizes = {r["name"]: None if r["pixel_size"] is None else PixelSize(**r["pixel_size"]) for r in records}

@@ -240,6 +240,26 @@ def summary(record: Mapping[str, Any], out_dir: str | Path) -> str:
             f"{record['best_epoch']} (validation loss {record['best_loss']}); {float(record['wall_time_s']):.0f} s")
 
 
+@dataclass
+class RunControl:
+    """How a trainer treats its run folder and what it shows: ``resume``, ``overwrite``, ``quiet`` and the
+    split file recorded in run.json (``split_path``)."""
+
+    resume: bool = False
+    overwrite: bool = False
+    quiet: bool = False
+    split_path: str | Path | None = None
+
+    @classmethod
+    def taken_from(cls, control: "RunControl | None", keywords: dict[str, Any]) -> "RunControl":
+        """``control`` (default ``RunControl()``) with its fields named in ``keywords`` replaced; those keys are
+        removed from ``keywords`` (a trainer's other keywords are its settings)."""
+        from dataclasses import fields, replace
+
+        given = {f.name: keywords.pop(f.name) for f in fields(cls) if f.name in keywords}
+        return replace(control or cls(), **given)
+
+
 def open_run(out_dir: str | Path, spec: RunSpec, resume: bool = False, overwrite: bool = False,
              writes: bool = True) -> TrainingRun:
     """Check the run folder (see the module's refusals) and return the run to start or continue; writes nothing."""

@@ -25,7 +25,7 @@ import numpy as np
 from data import Dataset
 from data.cli import add_dataset_arguments, make_parser, open_dataset, run_cli
 from data.geometry import training_geometry
-from data.lifecycle import RunSpec, TrainingRun, open_run, summary
+from data.lifecycle import RunControl, RunSpec, TrainingRun, open_run, summary
 from data.lock import lock_output_folder
 from data.settings import add_arguments, field_names, from_arguments
 from data.run_record import HISTORY_CSV, RUN_JSON
@@ -278,11 +278,8 @@ def train_model(
     split: dict,
     out_dir: str | Path,
     *,
-    resume: bool = False,
-    overwrite: bool = False,
-    quiet: bool = False,
-    split_path: str | Path | None = None,
     settings: TrainRecipe | None = None,
+    control: RunControl | None = None,
     **recipe: Any,
 ) -> dict:
     """Train ``model_name`` on ``split["train"]``, validate on ``split["val"]``; returns what run.json holds.
@@ -294,8 +291,11 @@ def train_model(
     returned as it is, or extended when ``epochs`` is larger; an empty or missing ``out_dir``
     starts a new run); ``overwrite`` replaces a previous run. Bad settings, data or weights
     fail before anything is written. A NaN loss stops training with ``SemsegError`` naming
-    the epoch; the last good checkpoint stays.
+    the epoch; the last good checkpoint stays. ``control`` (``data.lifecycle.RunControl``) or its fields as
+    keywords (``resume=True``, ``quiet=True``, ``split_path=...``) are the run control.
     """
+    control = RunControl.taken_from(control, recipe)
+    resume, overwrite, quiet, split_path = control.resume, control.overwrite, control.quiet, control.split_path
     try:
         tf = tensorflow()
     except ImportError:

@@ -44,7 +44,8 @@ from data.errors import MscsegError
 from .errors import RunError
 from .exports import OutputOptions
 from .predict import (
-    LoadedModel, Scaling, cell_detections, label_image, load_model, measure_cells, run_kind, size_note, write_image_outputs,
+    LoadedModel, PredictOptions, ResolvedSettings, Scaling, cell_detections, label_image, load_model, measure_cells,
+    run_kind, size_note, write_image_outputs,
 )
 
 MARKERS = ".mscseg-predict"
@@ -121,14 +122,14 @@ def _identity(path: Path) -> list:
     return [str(path), stat.st_size, stat.st_mtime_ns]
 
 
-def make_plan(run_dir: str | Path, which: str, device: str | None, threshold: float, scaling: Scaling,
-              tiles: tuple[tuple[int, int], tuple[int, int]], min_area: int, outputs: OutputOptions, coco: bool,
-              out_dir: str | Path) -> ImagePlan:
-    """The plan of a run; ``tiles`` is (tile (h, w), overlap (h, w)) in image pixels; paths made absolute."""
+def make_plan(run_dir: str | Path, options: PredictOptions, settings: ResolvedSettings, out_dir: str | Path) -> ImagePlan:
+    """The plan of a run from its options and the settings resolved for its model; paths made absolute."""
     run_dir = Path(run_dir).resolve()
+    which = options.which
     weights = tuple(tuple(_identity(path)) for path in sorted(run_dir.glob(f"{which}.*")) if path.is_file())
-    return ImagePlan(str(run_dir), which, device, weights, float(threshold), scaling, tuple(tiles[0]), tuple(tiles[1]),
-                     int(min_area), outputs, bool(coco), str(Path(out_dir).resolve()))
+    return ImagePlan(str(run_dir), which, options.device, weights, float(settings.threshold), settings.scaling,
+                     tuple(settings.tile_px), tuple(settings.overlap_px), int(settings.min_area),
+                     options.outputs or OutputOptions(), bool(options.coco), str(Path(out_dir).resolve()))
 
 
 def image_jobs(plan: ImagePlan, named: dict[str, Path], image_ids: dict[str, int]) -> list[ImageJob]:

@@ -89,12 +89,17 @@ from data.units import PixelSize, given_pixel_size
 from .errors import RunError
 from .exports import OutputOptions
 from .layout import Layout, run_json
+from .predict_measure import (  # noqa: F401  (re-exported: mscseg.predict is the public module)
+    CELL_COLUMNS, cell_detections, components, measure_cells, overlay, size_note, write_image_outputs,
+)
+from .predict_tiles import (  # noqa: F401
+    INSTANCE_TILE, _native_size, _padded, _pair, axis_weights, instance_labels, owner_index, relabel, resize_back,
+    resize_image, semantic_probabilities, tile_starts,
+)
 
 if TYPE_CHECKING:
     from .distributed_predict import Execution
 
-CELL_COLUMNS = ["image", "cell", "area_px", "perimeter_px", "major_axis_px", "minor_axis_px", "elongation",
-                "centroid_x", "centroid_y", "score"]
 COUNT_COLUMNS = ["image", "width", "height", "cell_count", "confluence", "mean_area_px", "median_area_px",
                  "kind", "model", "threshold", "min_area_px", "tiles", "seconds"]
 
@@ -221,219 +226,6 @@ def default_threshold(loaded: LoadedModel) -> tuple[float, str]:
     return 0.5, "default score threshold 0.5"
 
 
-# ---------------------------------------------------------------- tiling
-
-def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
-    """Start positions of tiles of ``tile`` pixels covering ``length`` with at least ``overlap`` pixels shared."""
-    if length <= tile:
-        return [0]
-    step = max(1, tile - overlap)
-    starts = list(range(0, length - tile, step)) + [length - tile]
-    return sorted(set(starts))
-
-
-def owner_index(length: int, starts: Sequence[int], tile: int) -> np.ndarray:
-    """For each position 0..length-1, the index of the tile whose centre is nearest (ties to the first)."""
-    centres = np.asarray(starts, np.float64) + min(tile, length) / 2.0
-    positions = np.arange(length)[:, None] + 0.5
-    return np.argmin(np.abs(positions - centres[None, :]), axis=1)
-
-
-def axis_weights(length: int, starts: Sequence[int], tile: int, ramp: int) -> list[np.ndarray]:
-    """Per tile along one axis, ``tile`` blend weights that are 0 at the tile's inner edges (edges inside the image).
-
-    A weight rises linearly from 0 at an inner edge to 1 at ``ramp`` pixels from it;
-    edges on the image border keep weight 1, so the first and last row and column
-    count fully. Where every tile covering a position is at an inner edge (tiles that
-    meet without overlap), those tiles share it equally: every position has weight.
-    """
-    position = np.arange(tile, dtype=np.float64)
-    weights = []
-    for start in starts:
-        distance = np.full(tile, np.inf)
-        if start > 0:
-            distance = np.minimum(distance, position)
-        if start + tile < length:
-            distance = np.minimum(distance, tile - 1 - position)
-        weights.append(np.clip(distance / max(1, ramp), 0.0, 1.0))
-    total = np.zeros(max(length, tile))
-    for start, weight in zip(starts, weights):
-        total[start:start + tile] += weight
-    for start, weight in zip(starts, weights):
-        weight[total[start:start + tile] == 0] = 1.0
-    return weights
-
-
-def _pair(value: int | tuple[int, int]) -> tuple[int, int]:
-    return (int(value), int(value)) if np.isscalar(value) else (int(value[0]), int(value[1]))
-
-
-def _padded(image: np.ndarray, tile_h: int, tile_w: int | None = None) -> np.ndarray:
-    tile_w = tile_h if tile_w is None else tile_w
-    height, width = image.shape[:2]
-    pad = ((0, max(0, tile_h - height)), (0, max(0, tile_w - width))) + ((0, 0),) * (image.ndim - 2)
-    return np.pad(image, pad, mode="symmetric") if any(p[1] for p in pad[:2]) else image
-
-
-def semantic_probabilities(loaded: LoadedModel, image: np.ndarray, tile: int | tuple[int, int], overlap: int | tuple[int, int],
-                           batch_size: int = 32) -> np.ndarray:
-    """H x W float32 probabilities of an H x W x 3 image from tiles of ``tile`` (h, w) pixels overlapping by ``overlap``.
-
-    Each tile is resized to the model's input (as training resized whole images) and
-    its map back; tiles are cross-faded with ``axis_weights`` (weight 0 at inner tile
-    edges, where the model sees padding), so the seams vanish. An image smaller than a
-    tile is padded (mirrored) and cropped back.
-    """
-    from keras_semseg.predict import predict_probs
-
-    (tile_h, tile_w), (overlap_h, overlap_w) = _pair(tile), _pair(overlap)
-    height, width = image.shape[:2]
-    ys, xs = tile_starts(height, tile_h, overlap_h), tile_starts(width, tile_w, overlap_w)
-    padded = _padded(image, tile_h, tile_w)
-    pieces = [padded[y0:y0 + tile_h, x0:x0 + tile_w] for y0 in ys for x0 in xs]
-    probabilities = iter(predict_probs(loaded.model, pieces, loaded.input_size, batch_size=batch_size))
-    weights_y, weights_x = axis_weights(height, ys, tile_h, overlap_h), axis_weights(width, xs, tile_w, overlap_w)
-    total = np.zeros((max(height, tile_h), max(width, tile_w)), np.float64)
-    weight_sum = np.zeros_like(total)
-    for y0, weight_y in zip(ys, weights_y):
-        for x0, weight_x in zip(xs, weights_x):
-            weights = np.outer(weight_y, weight_x)
-            total[y0:y0 + tile_h, x0:x0 + tile_w] += next(probabilities) * weights
-            weight_sum[y0:y0 + tile_h, x0:x0 + tile_w] += weights
-    return (total / weight_sum)[:height, :width].astype(np.float32)
-
-
-INSTANCE_TILE = 512
-
-
-def _native_size(model, height: int, width: int) -> None:
-    """Make torchvision's internal resize a no-op for an H x W input (run the network at the tile's own pixels)."""
-    model.mscseg_image_size = None
-    model.transform.min_size = (min(height, width),)
-    model.transform.max_size = max(height, width)
-
-
-def instance_labels(
-    loaded: LoadedModel, image: np.ndarray, tile: int, overlap: int, threshold: float, device: str | None = None
-) -> tuple[np.ndarray, dict[int, float]]:
-    """H x W int32 labels of Mask R-CNN instances merged across tiles, and each label's score."""
-    from torch_instseg.maskrcnn import predict_instances
-
-    height, width = image.shape[:2]
-    tile_h, tile_w = min(tile, height), min(tile, width)
-    ys, xs = tile_starts(height, tile_h, overlap), tile_starts(width, tile_w, overlap)
-    owner_y, owner_x = owner_index(height, ys, tile_h), owner_index(width, xs, tile_w)
-    kept: list[tuple[float, int, int, np.ndarray]] = []
-    for y0 in ys:
-        for x0 in xs:
-            piece = image[y0:y0 + tile_h, x0:x0 + tile_w]
-            if loaded.model is not None and hasattr(loaded.model, "transform"):
-                _native_size(loaded.model, tile_h, tile_w)
-            result = predict_instances(loaded.model, [piece], score_threshold=threshold, device=device, image_size=None)[0]
-            for mask, score in zip(result["masks"], result["scores"]):
-                if not mask.any():
-                    continue
-                rows, cols = np.nonzero(mask)
-                cy, cx = int(rows.mean()) + y0, int(cols.mean()) + x0
-                if ys[owner_y[cy]] == y0 and xs[owner_x[cx]] == x0:
-                    kept.append((float(score), y0, x0, mask))
-    labels = np.zeros((height, width), np.int32)
-    scores: dict[int, float] = {}
-    for label, (score, y0, x0, mask) in enumerate(sorted(kept, key=lambda k: k[0]), start=1):
-        region = labels[y0:y0 + mask.shape[0], x0:x0 + mask.shape[1]]
-        region[mask] = label
-        scores[label] = score
-    return relabel(labels, scores)
-
-
-def resize_image(image: np.ndarray, scale: float | tuple[float, float]) -> np.ndarray:
-    """H x W x 3 image resized by ``scale`` (one factor, or (y, x)); bilinear, antialiased when shrinking."""
-    from skimage.transform import resize
-
-    scale_y, scale_x = (scale, scale) if np.isscalar(scale) else scale
-    height, width = image.shape[:2]
-    shape = (max(1, int(round(height * scale_y))), max(1, int(round(width * scale_x))))
-    return resize(image, shape + image.shape[2:], order=1, anti_aliasing=min(scale_y, scale_x) < 1,
-                  preserve_range=True).astype(np.float32)
-
-
-def resize_back(array: np.ndarray, shape: tuple[int, int], labels: bool) -> np.ndarray:
-    """A probability map (bilinear) or label image (nearest) resized to ``shape``."""
-    from skimage.transform import resize
-
-    if array.shape[:2] == tuple(shape):
-        return array
-    if labels:
-        return resize(array, shape, order=0, anti_aliasing=False, preserve_range=True).astype(array.dtype)
-    return resize(array, shape, order=1, anti_aliasing=False, preserve_range=True).astype(np.float32)
-
-
-def relabel(labels: np.ndarray, scores: dict[int, float] | None = None) -> tuple[np.ndarray, dict[int, float]]:
-    """Labels renumbered 1..N in order of appearance value (empty labels dropped), scores carried along."""
-    ids = np.unique(labels)
-    ids = ids[ids > 0]
-    lookup = np.zeros(int(labels.max()) + 1 if labels.size else 1, np.int32)
-    lookup[ids] = np.arange(1, len(ids) + 1)
-    new_scores = {int(lookup[i]): scores[int(i)] for i in ids} if scores else {}
-    return lookup[labels], new_scores
-
-
-# ---------------------------------------------------------------- measurements and outputs
-
-def measure_cells(labels: np.ndarray, name: str, scores: dict[int, float] | None = None,
-                  pixel_size: PixelSize | None = None) -> pd.DataFrame:
-    """One row per label: area (px), perimeter (px), major/minor axis (px, from second moments), elongation, centroid;
-    with a pixel size also area (µm²), perimeter and axes (µm) and the pixel size (``data.units.with_micrometres``)."""
-    from skimage.measure import regionprops
-
-    from data.units import with_micrometres
-
-    rows = []
-    for region in regionprops(labels):
-        major, minor = float(region.axis_major_length), float(region.axis_minor_length)
-        rows.append({
-            "image": name,
-            "cell": int(region.label),
-            "area_px": int(region.area),
-            "perimeter_px": float(region.perimeter),
-            "major_axis_px": major,
-            "minor_axis_px": minor,
-            "elongation": major / minor if minor > 0 else float("nan"),
-            "centroid_x": float(region.centroid[1]),
-            "centroid_y": float(region.centroid[0]),
-            "score": (scores or {}).get(int(region.label), float("nan")),
-        })
-    return with_micrometres(pd.DataFrame(rows, columns=CELL_COLUMNS), labels, pixel_size)
-
-
-def overlay(image: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """H x W x 3 uint8: the micrograph with a light fill and a coloured outline per cell."""
-    from skimage.segmentation import find_boundaries
-
-    base = (np.clip(image, 0, 1) * 255).astype(np.float32)
-    rng = np.random.default_rng(0)
-    palette = np.vstack([[0, 0, 0], rng.integers(60, 256, size=(max(int(labels.max()), 1), 3))]).astype(np.float32)
-    colours = palette[labels]
-    inside = labels > 0
-    base[inside] = 0.75 * base[inside] + 0.25 * colours[inside]
-    edges = find_boundaries(labels, mode="inner")
-    base[edges] = colours[edges]
-    return base.astype(np.uint8)
-
-
-def components(mask: np.ndarray, min_area: int = 0) -> np.ndarray:
-    """8-connected components of a binary mask as int32 labels, components under ``min_area`` px dropped."""
-    from scipy import ndimage
-
-    labels, count = ndimage.label(mask, structure=np.ones((3, 3), bool))
-    if min_area > 0 and count:
-        areas = np.bincount(labels.ravel())
-        small = np.flatnonzero(areas < min_area)
-        labels[np.isin(labels, small[small > 0])] = 0
-        labels, _ = relabel(labels)
-    return labels.astype(np.int32)
-
-
 @dataclass
 class Scaling:
     """How new images meet the model: the scale per axis (model pixels per image pixel) and where it came from."""
@@ -464,14 +256,6 @@ def choose_scaling(loaded: LoadedModel, scale: float | None) -> Scaling:
     return Scaling(float(geometry["scale_y"]), float(geometry["scale_x"]),
                    f"{native}{resized} then by torchvision's internal factor {geometry.get('internal_resize', 1):.4g} "
                    f"(min_size {geometry.get('min_size')}, max_size {geometry.get('max_size')})")
-
-
-def size_note(name: str, height: int, width: int, geometry: dict | None, tiles: int) -> str:
-    """One line when an image's size differs from the training images' ('' when it is the same or unknown)."""
-    if not geometry or (height, width) == (geometry["native_height"], geometry["native_width"]):
-        return ""
-    return (f"note: {name} is {width}x{height} px, the training images were {geometry['native_width']}x{geometry['native_height']}; "
-            f"shown to the model at the training magnification in {tiles} tile(s)")
 
 
 def coco_image_ids(named: dict[str, Path], gt_path: str | Path | None) -> dict[str, int]:
@@ -535,145 +319,162 @@ def label_image(loaded: "LoadedModel", image: np.ndarray, threshold: float, scal
     return labels, scores, None, n_tiles
 
 
-def write_image_outputs(folder: Path, name: str, image: np.ndarray, labels: np.ndarray, cells: pd.DataFrame,
-                        outputs: OutputOptions | None = None) -> None:
-    """masks/, labels/ (16-bit PNG, 32-bit TIFF above 65535 cells), overlays/, cells/ and the ``outputs`` asked for
-    (rois/, geojson/) of one image into ``folder``."""
-    from data.imageio import write_labels, write_png
-    from data.outputs import write_csv
+@dataclass
+class PredictOptions:
+    """The settings of one ``predict_folder`` call: the ``mscseg-predict`` options (module docstring).
 
-    write_png(folder / "masks" / f"{name}.png", ((labels > 0) * 255).astype(np.uint8))
-    write_labels(folder / "labels" / f"{name}{'.png' if labels.max(initial=0) <= 65535 else '.tif'}", labels)
-    write_png(folder / "overlays" / f"{name}.png", overlay(image, labels))
-    write_csv(folder / "cells" / f"{name}.csv", cells)
-    if outputs is not None:
-        outputs.write(folder, name, labels, cells)
-
-
-def predict_folder(
-    run_dir: str | Path,
-    images: Sequence[str | Path],
-    out_dir: str | Path,
-    *,
-    threshold: float | None = None,
-    scale: float | None = None,
-    tile: int | None = None,
-    overlap: int | None = None,
-    min_area: int | None = None,
-    which: str = "best",
-    device: str | None = None,
-    recursive: bool = False,
-    overwrite: bool = False,
-    quiet: bool = True,
-    coco: str | Path | None = None,
-    coco_gt: str | Path | None = None,
-    outputs: OutputOptions | None = None,
-    execution: "Execution | None" = None,
-) -> pd.DataFrame:
-    """Predict every image, write the outputs listed in the module docstring; returns counts.csv's table.
-
-    ``scale`` None: the run's training geometry (``RunRecord.geometry``), else 1.
-    ``min_area`` None: half the training cells' 1st-percentile area rescaled to the new
-    images (runs with a training geometry), else 0. ``coco``: also write the
-    cells as COCO results (RLE masks; score = instance score, or mean probability for a
-    semantic run) with image ids from ``coco_gt`` when given. ``outputs``: ROI zips, GeoJSON
-    and the pixel size for every image (``exports.OutputOptions``; default: each image's metadata). ``execution``:
-    Dask workers or scheduler and ``--resume`` (``distributed_predict.Execution``; default: this process, all at once).
+    ``scale`` None: the run's training geometry (``RunRecord.geometry``), else 1. ``min_area`` None:
+    half the training cells' 1st-percentile area rescaled to the new images (runs with a training
+    geometry), else 0. ``coco``: also write the cells as COCO results (RLE masks; score = instance score,
+    or mean probability for a semantic run) with image ids from ``coco_gt`` when given. ``outputs``: ROI
+    zips, GeoJSON and the pixel size for every image (``exports.OutputOptions``; default: each image's
+    metadata). ``execution``: Dask workers or scheduler and ``--resume`` (``distributed_predict.Execution``;
+    default: this process, all at once).
     """
+
+    threshold: float | None = None
+    scale: float | None = None
+    tile: int | None = None
+    overlap: int | None = None
+    min_area: int | None = None
+    which: str = "best"
+    device: str | None = None
+    recursive: bool = False
+    overwrite: bool = False
+    quiet: bool = True
+    coco: str | Path | None = None
+    coco_gt: str | Path | None = None
+    outputs: OutputOptions | None = None
+    execution: "Execution | None" = None
+
+
+@dataclass
+class ResolvedSettings:
+    """What ``predict_folder`` settled for a model: threshold, scale, tiles and minimum area, each with its source."""
+
+    threshold: float
+    threshold_source: str
+    scaling: Scaling
+    model_tile: int
+    overlap_model: int
+    tile_px: tuple[int, int]
+    overlap_px: tuple[int, int]
+    min_area: int
+    min_area_source: str
+
+
+def _checked_inputs(images: Sequence[str | Path], out_dir: Path, options: PredictOptions, resume: bool
+                    ) -> tuple[dict[str, Path], list[Path]]:
+    """(``{name: path}`` of the images, annotation files skipped); ``RunError`` for unreadable images, bad values or
+    outputs that exist (without ``overwrite``; not checked on ``resume``)."""
     from data.imageio import read_image
-    from data.units import COUNT_MICROMETRE_COLUMNS, PixelSize, pixel_size_record
-    from data.outputs import check_can_write, check_output_folder, staged_outputs, write_csv, write_json
+    from data.outputs import check_can_write
 
-    from .distributed_predict import Execution, describe_model, image_jobs, make_plan, run_images
-
-    execution = execution or Execution()
-    execution.check(overwrite)
-    out_dir = check_output_folder(out_dir)
     skipped: list[Path] = []
-    named = find_images(images, recursive, skipped)
-    if skipped and not quiet:
+    named = find_images(images, options.recursive, skipped)
+    if skipped and not options.quiet:
         print(skipped_note(skipped))
     for path in named.values():
         read_image(path)
-    if threshold is not None and not 0.0 <= threshold <= 1.0:
-        raise RunError(f"--threshold must be between 0 and 1, got {threshold}")
-    if min_area is not None and min_area < 0:
-        raise RunError(f"--min-area must be zero or positive, got {min_area}")
-    planned = [out_dir / "counts.csv", out_dir / "predict.json"] + ([Path(coco)] if coco else [])
-    outputs = outputs or OutputOptions()
+    if options.threshold is not None and not 0.0 <= options.threshold <= 1.0:
+        raise RunError(f"--threshold must be between 0 and 1, got {options.threshold}")
+    if options.min_area is not None and options.min_area < 0:
+        raise RunError(f"--min-area must be zero or positive, got {options.min_area}")
+    planned = [out_dir / "counts.csv", out_dir / "predict.json"] + ([Path(options.coco)] if options.coco else [])
+    outputs = options.outputs or OutputOptions()
     for name in named:
         planned += [out_dir / sub / f"{name}{ext}" for sub, ext in
                     (("masks", ".png"), ("labels", ".png"), ("labels", ".tif"), ("overlays", ".png"), ("cells", ".csv"))]
         planned += outputs.paths(out_dir, name)
-    for path in planned if not execution.resume else ():
-        check_can_write(path, overwrite)
-    image_ids = coco_image_ids(named, coco_gt) if coco else {}
-    loaded = describe_model(run_dir, which) if execution.distributed else load_model(run_dir, which, device)
-    if threshold is None:
+    for path in planned if not resume else ():
+        check_can_write(path, options.overwrite)
+    return named, skipped
+
+
+def resolve_settings(loaded: LoadedModel, options: PredictOptions) -> ResolvedSettings:
+    """The threshold, scaling, tiles and minimum area for ``loaded``: the options given, else the run's defaults."""
+    if options.threshold is None:
         threshold, threshold_source = default_threshold(loaded)
     else:
-        threshold_source = "--threshold"
-    scaling = choose_scaling(loaded, scale)
-    model_tile, overlap_model, tile_px, overlap_px = plan_tiles(loaded, scaling, tile, overlap)
-    if min_area is None:
+        threshold, threshold_source = options.threshold, "--threshold"
+    scaling = choose_scaling(loaded, options.scale)
+    model_tile, overlap_model, tile_px, overlap_px = plan_tiles(loaded, scaling, options.tile, options.overlap)
+    if options.min_area is None:
         from data.geometry import default_min_area
 
         min_area, min_area_source = (default_min_area(loaded.geometry, scaling.scale_y, scaling.scale_x) if loaded.geometry
                                      else (0, "0 (the run recorded no training cell areas)"))
     else:
-        min_area_source = "--min-area"
+        min_area, min_area_source = options.min_area, "--min-area"
+    return ResolvedSettings(threshold, threshold_source, scaling, model_tile, overlap_model, tile_px, overlap_px,
+                            min_area, min_area_source)
 
-    plan = make_plan(run_dir, which, device, threshold, scaling, (tile_px, overlap_px), min_area, outputs, bool(coco), out_dir)
+
+def predict_record(run_dir: str | Path, loaded: LoadedModel, options: PredictOptions, settings: ResolvedSettings,
+                   notes: list[str], skipped: int) -> dict:
+    """predict.json's model, settings and their sources (without the pixel sizes, images, versions and execution)."""
+    scaling, outputs = settings.scaling, options.outputs or OutputOptions()
+    return {
+        "model_dir": str(Path(run_dir).resolve()), "kind": loaded.kind, "model": loaded.name, "weights": options.which,
+        "threshold": settings.threshold, "threshold_source": settings.threshold_source,
+        "threshold_meaning": "probability > threshold" if loaded.kind == "semantic" else "instance score >= threshold",
+        "scale": scaling.isotropic if scaling.scale_y == scaling.scale_x else [scaling.scale_y, scaling.scale_x],
+        "scale_source": scaling.source, "training_geometry": loaded.geometry,
+        "tile": settings.model_tile, "overlap": settings.overlap_model, "tile_px": list(settings.tile_px),
+        "overlap_px": list(settings.overlap_px), "model_input_size": loaded.input_size,
+        "tile_handling": ("each tile (tile_px image pixels) resized to the model input, maps cross-faded with weight 0 at "
+                          "inner tile edges" if loaded.kind == "semantic" else "run at the tile's own size"),
+        "min_area_px": settings.min_area, "min_area_source": settings.min_area_source, "size_notes": notes,
+        "skipped_annotation_files": skipped, "coco_results": None if options.coco is None else str(options.coco),
+        "exports": {"rois": outputs.rois, "geojson": outputs.geojson},
+    }
+
+
+def predict_folder(run_dir: str | Path, images: Sequence[str | Path], out_dir: str | Path,
+                   options: PredictOptions | None = None, **fields: Any) -> pd.DataFrame:
+    """Predict every image, write the outputs listed in the module docstring; returns counts.csv's table.
+
+    ``options``: the settings (``PredictOptions``, its docstring); ``fields``: ``PredictOptions`` fields by
+    name (``threshold=0.5, quiet=False``), replacing those of ``options``.
+    """
+    from dataclasses import replace
+
+    from data.outputs import check_output_folder, staged_outputs, write_csv, write_json
+    from data.run_record import library_versions
+    from data.units import COUNT_MICROMETRE_COLUMNS, pixel_size_record
+
+    from .distributed_predict import Execution, describe_model, image_jobs, make_plan, run_images
+
+    options = replace(options or PredictOptions(), **fields)
+    execution = options.execution or Execution()
+    execution.check(options.overwrite)
+    out_dir = check_output_folder(out_dir)
+    named, skipped = _checked_inputs(images, out_dir, options, execution.resume)
+    coco = options.coco
+    image_ids = coco_image_ids(named, options.coco_gt) if coco else {}
+    loaded = (describe_model(run_dir, options.which) if execution.distributed
+              else load_model(run_dir, options.which, options.device))
+    settings = resolve_settings(loaded, options)
+    plan = make_plan(run_dir, options, settings, out_dir)
     with staged_outputs(out_dir) as stage:
-        records, kept = run_images(plan, image_jobs(plan, named, image_ids), execution, loaded, quiet, stage)
+        records, kept = run_images(plan, image_jobs(plan, named, image_ids), execution, loaded, options.quiet, stage)
         pixel_sizes = {r["name"]: None if r["pixel_size"] is None else PixelSize(**r["pixel_size"]) for r in records}
         notes = [r["note"] for r in records if r["note"]]
-        detections = [detection for r in records for detection in r["detections"]]
         counts = [r["counts"] for r in records]
         table = pd.DataFrame(counts, columns=COUNT_COLUMNS + (COUNT_MICROMETRE_COLUMNS if any(pixel_sizes.values()) else []))
         write_csv(stage / "counts.csv", table)
         if coco:
             from torch_instseg.coco import write_results
 
-            write_results(coco, detections, {"score_source": "maskrcnn_score" if loaded.kind == "instance" else "mean_probability",
-                                             "model_dir": str(Path(run_dir).resolve()), "threshold": threshold})
-        from data.run_record import library_versions
-
+            write_results(coco, [detection for r in records for detection in r["detections"]],
+                          {"score_source": "maskrcnn_score" if loaded.kind == "instance" else "mean_probability",
+                           "model_dir": str(Path(run_dir).resolve()), "threshold": settings.threshold})
         write_json(stage / "predict.json", {
-            "model_dir": str(Path(run_dir).resolve()), "kind": loaded.kind, "model": loaded.name, "weights": which,
-            "threshold": threshold, "threshold_source": threshold_source,
-            "threshold_meaning": "probability > threshold" if loaded.kind == "semantic" else "instance score >= threshold",
-            "scale": scaling.isotropic if scaling.scale_y == scaling.scale_x else [scaling.scale_y, scaling.scale_x],
-            "scale_source": scaling.source, "training_geometry": loaded.geometry,
-            "tile": model_tile, "overlap": overlap_model, "tile_px": list(tile_px), "overlap_px": list(overlap_px),
-            "model_input_size": loaded.input_size,
-            "tile_handling": ("each tile (tile_px image pixels) resized to the model input, maps cross-faded with weight 0 at "
-                              "inner tile edges" if loaded.kind == "semantic" else "run at the tile's own size"),
-            "min_area_px": min_area, "min_area_source": min_area_source, "size_notes": notes,
-            "skipped_annotation_files": len(skipped), "coco_results": None if coco is None else str(coco),
-            "exports": {"rois": outputs.rois, "geojson": outputs.geojson}, **pixel_size_record(pixel_sizes),
+            **predict_record(run_dir, loaded, options, settings, notes, len(skipped)), **pixel_size_record(pixel_sizes),
             "images": {name: str(path) for name, path in named.items()}, "versions": library_versions(),
             "execution": execution.record(kept),
         })
     return table
-
-
-def cell_detections(image_id: int, labels: np.ndarray, scores: dict[int, float], probability: np.ndarray | None) -> list[dict]:
-    """COCO results (RLE) of one label image; score = the instance's score, or its mean probability (semantic)."""
-    from torch_instseg.coco import labels_to_annotations
-
-    detections = []
-    ids = np.arange(1, int(labels.max()) + 1) if labels.size else np.zeros(0, int)
-    if probability is not None and ids.size:
-        sums = np.bincount(labels.ravel(), weights=probability.ravel().astype(np.float64), minlength=ids.size + 1)
-        areas = np.bincount(labels.ravel(), minlength=ids.size + 1)
-        mean_probability = {int(i): float(sums[i] / areas[i]) for i in ids if areas[i]}
-    for label, annotation in zip(np.unique(labels[labels > 0]), labels_to_annotations(labels, image_id)):
-        score = scores.get(int(label)) if probability is None else mean_probability[int(label)]
-        detections.append({"image_id": image_id, "category_id": annotation["category_id"],
-                           "segmentation": annotation["segmentation"], "score": float(score if score is not None else 1.0),
-                           "bbox": annotation["bbox"], "area": annotation["area"]})
-    return detections
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -733,10 +534,10 @@ def _main(argv: Sequence[str] | None = None) -> int:
     execution = Execution(args.workers, args.scheduler, args.resume)
     execution.check(args.overwrite)
     lock_output_folder(args.out)
-    table = predict_folder(args.model, args.images, args.out, threshold=args.threshold, scale=args.scale, tile=args.tile,
-                           overlap=args.overlap, min_area=args.min_area, which=args.which, device=args.device,
-                           recursive=args.recursive, overwrite=args.overwrite, quiet=False, coco=args.coco,
-                           coco_gt=args.coco_gt, outputs=outputs, execution=execution)
+    options = PredictOptions(args.threshold, args.scale, args.tile, args.overlap, args.min_area, args.which, args.device,
+                             args.recursive, args.overwrite, quiet=False, coco=args.coco, coco_gt=args.coco_gt,
+                             outputs=outputs, execution=execution)
+    table = predict_folder(args.model, args.images, args.out, options)
     print(table[["image", "cell_count", "confluence"]].to_string(index=False))
     print(f"outputs in {args.out}")
     return 0

@@ -39,7 +39,9 @@ from .errors import InstsegError
 from .maskrcnn_data import (InstanceTrainingSet, apply_augmentation, augment, collate, labels_to_instances,  # noqa: F401
                             masks_to_boxes, random_augmentation, resize_sample, to_model_inputs)
 from .maskrcnn_model import MODEL_NAME, build_maskrcnn, freeze_batchnorm, import_torch, read_state_dict, resolve_device  # noqa: F401
-from .maskrcnn_predict import load_model, lowres_probs, predict_instances, predict_to_coco, probs_sidecar_path  # noqa: F401
+from .maskrcnn_predict import (  # noqa: F401
+    CocoPredictOptions, load_model, lowres_probs, predict_instances, predict_to_coco, probs_sidecar_path,
+)
 from .maskrcnn_train import (LOSS_COMPONENTS, RESUME_MUST_MATCH, RUN_FILES, TrainingState, _distributed,  # noqa: F401
                              _end_distributed, build_training_state, check_training_inputs, epoch_steps, evaluate_loss,
                              load_or_resume_record, make_warmup, run_spec, save_checkpoint, train_maskrcnn, train_one_epoch)

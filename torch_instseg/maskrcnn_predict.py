@@ -5,8 +5,9 @@ torch is imported inside functions only.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -112,28 +113,35 @@ def probs_sidecar_path(results_json: str | Path) -> Path:
     return results_json.with_name(results_json.stem + ".probs.npz")
 
 
-def predict_to_coco(
-    run_dir: str | Path,
-    dataset,
-    names: Sequence[str],
-    gt: dict | str | Path,
-    out_json: str | Path,
-    *,
-    which: str = "best",
-    score_threshold: float = 0.05,
-    device: str | None = None,
-    overwrite: bool = False,
-    save_probs: bool = True,
-    quiet: bool = True,
-) -> Path:
+@dataclass
+class CocoPredictOptions:
+    """The settings of one ``predict_to_coco`` call: which weights, the score cut, the device and run control."""
+
+    which: str = "best"
+    score_threshold: float = 0.05
+    device: str | None = None
+    overwrite: bool = False
+    save_probs: bool = True
+    quiet: bool = True
+
+
+def predict_to_coco(run_dir: str | Path, dataset, names: Sequence[str], gt: dict | str | Path, out_json: str | Path,
+                    options: CocoPredictOptions | None = None, **fields: Any) -> Path:
     """Predict ``names`` with a trained run and write COCO results (RLE masks, scores, xywh boxes) to ``out_json``.
 
     Image ids come from ``gt`` (a COCO dict or its path) by file stem. With ``save_probs``,
     ``<stem>.probs.npz`` beside it keeps each image's mask probabilities at SAM's low-res
     frame (``probs_<image_id>``: N x h x w uint8, ``scores_<image_id>``: N), in result order.
+    ``options``: the settings (``CocoPredictOptions``); ``fields``: its fields by name (``device="cpu"``),
+    replacing those of ``options``.
     """
+    from dataclasses import replace
+
     from . import coco
 
+    options = replace(options or CocoPredictOptions(), **fields)
+    which, score_threshold, device = options.which, options.score_threshold, options.device
+    overwrite, save_probs, quiet = options.overwrite, options.save_probs, options.quiet
     out_json = Path(out_json)
     check_can_write(out_json, overwrite)
     if save_probs:

@@ -17,7 +17,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from data.geometry import maskrcnn_training_geometry
-from data.lifecycle import EpochSteps, RunSpec, TrainingRun, open_run, run_epochs
+from data.lifecycle import EpochSteps, RunControl, RunSpec, TrainingRun, open_run, run_epochs
 from data.run_record import HISTORY_CSV, RUN_JSON, RunRecord
 
 from .errors import InstsegError
@@ -263,11 +263,8 @@ def train_maskrcnn(
     out_dir: str | Path,
     settings: MaskRCNNSettings | None = None,
     *,
-    resume: bool = False,
-    overwrite: bool = False,
+    control: RunControl | None = None,
     device: str | None = None,
-    quiet: bool = False,
-    split_path: str | Path | None = None,
     download: bool = True,
     **options: Any,
 ) -> dict:
@@ -276,8 +273,11 @@ def train_maskrcnn(
     ``settings`` (or its fields as keyword ``options``) are the recipe; the run folder's life
     cycle (refusals, ``resume`` from ``last.pt`` with the same settings and split, ``overwrite``,
     the time budget, status words) is ``data.lifecycle``'s. Bad input raises
-    ``InstsegError``/``DatasetError``/``RunFolderError`` before anything is written.
+    ``InstsegError``/``DatasetError``/``RunFolderError`` before anything is written. ``control``
+    (``data.lifecycle.RunControl``) or its fields as keywords (``resume=True``, ``quiet=True``) are the run control.
     """
+    control = RunControl.taken_from(control, options)
+    resume, overwrite, quiet, split_path = control.resume, control.overwrite, control.quiet, control.split_path
     torch, _ = import_torch()
     try:
         settings = replace(settings or MaskRCNNSettings(), **options).checked()

@@ -25,7 +25,7 @@ import argparse
 import json
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -36,9 +36,12 @@ from data.outputs import check_can_write
 
 from .errors import InstsegError
 from .names import GT_PROMPT_MODES, PROMPT_MODES, PROMPT_SOURCES, SCORE_SOURCES, sam_method
+from .sam_decode import (  # noqa: F401  (re-exported: torch_instseg.sam is the public module)
+    MASK_PROMPT_EPS, ImageEmbedding, _import_sam, cached_embedding, decode_prompts, embed_image, interior_points,
+    mask_prompts, probs_to_logits, sam_predict,
+)
 from .weights import SAM_CHECKPOINT_FILES, resolve_sam_checkpoint
 
-MASK_PROMPT_EPS = 1e-3
 UNTRAINED_WARNING = "SAM has RANDOM weights (--sam-checkpoint none): its masks are untrained and mean nothing"
 RANDOM_ENCODER_WARNING = "SAM was fine-tuned from RANDOM weights with its image encoder frozen: the decoder learned on random features"
 
@@ -63,15 +66,6 @@ SAM_VARIANTS: dict[str, SamVariant] = {
     # a small encoder for tests and demos on CPU; no released checkpoint (random weights only)
     "vit_tiny": SamVariant(64, 2, 2, (1,), image_size=256, window_size=8),
 }
-
-
-def _import_sam():
-    try:
-        import torch
-        import segment_anything  # noqa: F401
-    except ImportError as error:
-        raise InstsegError(f"SAM needs torch and segment-anything ({error}); install them with: pip install -e .[torch]") from None
-    return torch
 
 
 def _variant(name: str) -> SamVariant:
@@ -178,175 +172,6 @@ def finetune_provenance(checkpoint: Path | None) -> dict[str, Any]:
     return {"fine_tuned": True, "start": start, "random_encoder": random_encoder}
 
 
-# ---------------------------------------------------------------- prompts
-
-@dataclass
-class ImageEmbedding:
-    """SAM's embedding of one image: features 1 x 256 x h x w, the resized input size and the original size (H, W)."""
-
-    features: Any
-    input_size: tuple[int, int]
-    original_size: tuple[int, int]
-
-
-def embed_image(sam, image: np.ndarray) -> ImageEmbedding:
-    """Run SAM's image encoder once on an H x W x 3 float32 image in [0, 1]."""
-    torch = _import_sam()
-    from segment_anything.utils.transforms import ResizeLongestSide
-
-    image = np.asarray(image)
-    if image.ndim != 3 or image.shape[2] != 3:
-        raise InstsegError(f"expected an H x W x 3 image, got shape {image.shape}")
-    pixels = np.round(np.clip(image, 0.0, 1.0) * 255.0).astype(np.uint8)
-    transform = ResizeLongestSide(sam.image_encoder.img_size)
-    resized = transform.apply_image(pixels)
-    device = sam.device
-    tensor = torch.as_tensor(resized, device=device).permute(2, 0, 1).contiguous()[None]
-    with torch.no_grad():
-        features = sam.image_encoder(sam.preprocess(tensor))
-    return ImageEmbedding(features, tuple(tensor.shape[-2:]), tuple(image.shape[:2]))
-
-
-def cached_embedding(sam, features, original_size: tuple[int, int]) -> ImageEmbedding:
-    """An ``ImageEmbedding`` from features computed earlier by this model's encoder for an image of ``original_size``."""
-    from segment_anything.utils.transforms import ResizeLongestSide
-
-    input_size = ResizeLongestSide.get_preprocess_shape(original_size[0], original_size[1], sam.image_encoder.img_size)
-    return ImageEmbedding(features.to(sam.device), tuple(input_size), tuple(original_size))
-
-
-def interior_points(masks: np.ndarray, boxes: np.ndarray) -> np.ndarray:
-    """N x 2 (x, y) pixel of each N x H x W mask farthest from its edge; the box centre for an empty mask."""
-    from scipy import ndimage
-
-    points = np.zeros((len(boxes), 2), np.float32)
-    for k, box in enumerate(boxes):
-        mask = np.asarray(masks[k], bool)
-        rows, cols = np.nonzero(mask.any(axis=1))[0], np.nonzero(mask.any(axis=0))[0]
-        if rows.size == 0:
-            points[k] = ((box[0] + box[2]) / 2.0, (box[1] + box[3]) / 2.0)
-            continue
-        crop = np.pad(mask[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1], 1)
-        distance = ndimage.distance_transform_edt(crop)
-        y, x = np.unravel_index(int(np.argmax(distance)), distance.shape)
-        points[k] = (cols[0] + x - 1, rows[0] + y - 1)
-    return points
-
-
-def probs_to_logits(probs: np.ndarray, eps: float = MASK_PROMPT_EPS) -> np.ndarray:
-    """log(p / (1 - p)) of probabilities clipped to [eps, 1 - eps], float32 (SAM's mask-prompt logits)."""
-    clipped = np.clip(np.asarray(probs, np.float32), eps, 1.0 - eps)
-    return np.log(clipped / (1.0 - clipped)).astype(np.float32)
-
-
-def mask_prompts(probs: np.ndarray, original_size: tuple[int, int], prompt_size: int) -> np.ndarray:
-    """N x 1 x S x S logits (SAM's mask_input) from N x h x w mask probabilities of the image (any h x w of its aspect)."""
-    import torch
-    import torch.nn.functional as F
-    from segment_anything.utils.transforms import ResizeLongestSide
-
-    probs = np.asarray(probs, np.float32)
-    target = ResizeLongestSide.get_preprocess_shape(original_size[0], original_size[1], prompt_size)
-    resized = F.interpolate(torch.from_numpy(probs)[:, None], size=target, mode="bilinear", align_corners=False).numpy()
-    padded = np.zeros((len(probs), 1, prompt_size, prompt_size), np.float32)
-    padded[:, :, : target[0], : target[1]] = resized
-    return probs_to_logits(padded)
-
-
-def decode_prompts(
-    sam,
-    embedding: ImageEmbedding,
-    boxes: np.ndarray,
-    mode: str = "box",
-    maskrcnn_masks: np.ndarray | None = None,
-    maskrcnn_mask_probs: np.ndarray | None = None,
-    batch_size: int = 64,
-) -> tuple[np.ndarray, np.ndarray]:
-    """SAM masks for N boxes (xyxy pixels) of an embedded image, ``batch_size`` prompts per decoder call.
-
-    Boxes are clipped to the image; a box empty after clipping (or not finite) is skipped:
-    its mask is all False and its IoU NaN. Returns (N x H x W bool, N float32 predicted IoU
-    of the kept mask, the best of SAM's three).
-    """
-    torch = _import_sam()
-    from segment_anything.utils.transforms import ResizeLongestSide
-
-    if mode not in PROMPT_MODES:
-        raise InstsegError(f"unknown prompt mode '{mode}'; valid modes: {', '.join(PROMPT_MODES)}")
-    if batch_size < 1:
-        raise InstsegError(f"batch size must be at least 1, got {batch_size}")
-    height, width = embedding.original_size
-    boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
-    count = len(boxes)
-    if mode == "box_point" and maskrcnn_masks is None:
-        raise InstsegError("prompt mode 'box_point' needs the Mask R-CNN masks")
-    if mode == "box_mask" and maskrcnn_mask_probs is None and maskrcnn_masks is None:
-        raise InstsegError("prompt mode 'box_mask' needs the Mask R-CNN mask probabilities (or masks)")
-    for name, array in (("masks", maskrcnn_masks), ("mask probabilities", maskrcnn_mask_probs)):
-        if array is not None and len(array) != count:
-            raise InstsegError(f"{count} boxes but {len(array)} Mask R-CNN {name}")
-    clipped = boxes.copy()
-    clipped[:, [0, 2]] = np.clip(clipped[:, [0, 2]], 0, width)
-    clipped[:, [1, 3]] = np.clip(clipped[:, [1, 3]], 0, height)
-    valid = np.isfinite(boxes).all(axis=1) & (clipped[:, 2] > clipped[:, 0]) & (clipped[:, 3] > clipped[:, 1])
-    masks = np.zeros((count, height, width), bool)
-    ious = np.full(count, np.nan, np.float32)
-    transform = ResizeLongestSide(sam.image_encoder.img_size)
-    prompt_size = int(sam.prompt_encoder.mask_input_size[0])
-    device = sam.device
-    indices = np.flatnonzero(valid)
-    image_pe = sam.prompt_encoder.get_dense_pe()
-    for start in range(0, len(indices), batch_size):
-        chunk = indices[start:start + batch_size]
-        box_tensor = transform.apply_boxes_torch(torch.as_tensor(clipped[chunk], dtype=torch.float32), embedding.original_size).to(device)
-        points = None
-        mask_input = None
-        if mode == "box_point":
-            coords = interior_points(maskrcnn_masks[chunk], clipped[chunk])
-            coords_tensor = transform.apply_coords_torch(torch.as_tensor(coords[:, None, :]), embedding.original_size).to(device)
-            points = (coords_tensor, torch.ones((len(chunk), 1), dtype=torch.int64, device=device))
-        elif mode == "box_mask":
-            source = maskrcnn_mask_probs[chunk] if maskrcnn_mask_probs is not None else np.asarray(maskrcnn_masks[chunk], np.float32)
-            mask_input = torch.as_tensor(mask_prompts(source, embedding.original_size, prompt_size), device=device)
-        with torch.no_grad():
-            sparse, dense = sam.prompt_encoder(points=points, boxes=box_tensor, masks=mask_input)
-            low_res, iou = sam.mask_decoder(
-                image_embeddings=embedding.features, image_pe=image_pe, sparse_prompt_embeddings=sparse,
-                dense_prompt_embeddings=dense, multimask_output=True,
-            )
-            best = iou.argmax(dim=1)
-            rows = torch.arange(len(chunk), device=device)
-            best_low_res = low_res[rows, best][:, None]
-            for sub in range(0, len(chunk), 16):
-                upscaled = sam.postprocess_masks(best_low_res[sub:sub + 16], embedding.input_size, embedding.original_size)
-                masks[chunk[sub:sub + 16]] = (upscaled[:, 0] > sam.mask_threshold).cpu().numpy()
-            ious[chunk] = iou[rows, best].float().cpu().numpy()
-    return masks, ious
-
-
-def sam_predict(
-    sam,
-    image: np.ndarray,
-    boxes: np.ndarray,
-    mode: str = "box",
-    maskrcnn_masks: np.ndarray | None = None,
-    maskrcnn_mask_probs: np.ndarray | None = None,
-    batch_size: int = 64,
-) -> tuple[np.ndarray, np.ndarray]:
-    """SAM masks for the N x 4 xyxy boxes of one H x W x 3 float32 image.
-
-    maskrcnn_masks: N x H x W bool (needed by ``box_point``); maskrcnn_mask_probs: N x h x w
-    float32 in [0, 1] with the image's aspect ratio, any resolution (``box_mask``; the masks
-    are used when absent). Returns (N x H x W bool masks, N predicted IoUs; NaN for skipped boxes).
-    """
-    boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
-    if len(boxes) == 0:
-        image = np.asarray(image)
-        return np.zeros((0,) + image.shape[:2], bool), np.zeros(0, np.float32)
-    embedding = embed_image(sam, image)
-    return decode_prompts(sam, embedding, boxes, mode, maskrcnn_masks, maskrcnn_mask_probs, batch_size)
-
-
 # ---------------------------------------------------------------- run over a dataset
 
 def _xywh_to_xyxy(bbox: Sequence[float]) -> list[float]:
@@ -382,39 +207,46 @@ def _read_probs_sidecar(maskrcnn_json: Path) -> Any:
         return None
 
 
-def run_sam(
-    dataset,
-    names: Sequence[str],
-    maskrcnn_json: str | Path,
-    gt: dict | str | Path,
-    out_dir: str | Path,
-    *,
-    variant: str = "vit_h",
-    checkpoint: str | Path | None = None,
-    modes: Sequence[str] = PROMPT_MODES,
-    score: str = "maskrcnn",
-    device: str | None = None,
-    overwrite: bool = False,
-    batch_size: int = 64,
-    quiet: bool = True,
-    sam=None,
-    prompts: str = "maskrcnn",
-    method_prefix: str = "sam",
-    embeddings: Mapping[str, Any] | None = None,
-) -> dict[str, Path]:
-    """Prompt SAM with every Mask R-CNN detection of ``names``; write ``sam_<mode>.json`` (+ ``.meta.json``) per mode.
+@dataclass
+class SamRunOptions:
+    """The settings of one ``run_sam`` call (its docstring): the model, prompt modes, score and run control.
 
-    The image is embedded once and shared by all modes. Images without detections get no
-    results. Returns {mode: results path}. ``sam`` reuses a model already built.
-    prompts: ``maskrcnn`` (the detections in ``maskrcnn_json``) or ``gt`` (the ground-truth
-    boxes, and the ground-truth masks for ``box_point``'s point; modes ``box`` and
-    ``box_point``; masks ranked by SAM's predicted IoU): ``<prefix>_gt_<mode>.json``.
-    method_prefix: ``sam`` (zero-shot) or ``sam_ft`` (fine-tuned). embeddings: {image name:
-    1 x 256 x h x w features} already computed by this model's encoder (reused, not recomputed).
+    ``sam`` reuses a model already built. ``prompts``: ``maskrcnn`` (the detections) or ``gt`` (the
+    ground-truth boxes, and the ground-truth masks for ``box_point``'s point; modes ``box`` and
+    ``box_point``; masks ranked by SAM's predicted IoU): ``<prefix>_gt_<mode>.json``. ``method_prefix``:
+    ``sam`` (zero-shot) or ``sam_ft`` (fine-tuned). ``embeddings``: {image name: 1 x 256 x h x w features}
+    already computed by this model's encoder (reused, not recomputed).
     """
-    from . import coco
 
-    modes = list(dict.fromkeys(modes))
+    variant: str = "vit_h"
+    checkpoint: str | Path | None = None
+    modes: Sequence[str] = PROMPT_MODES
+    score: str = "maskrcnn"
+    device: str | None = None
+    overwrite: bool = False
+    batch_size: int = 64
+    quiet: bool = True
+    sam: Any = None
+    prompts: str = "maskrcnn"
+    method_prefix: str = "sam"
+    embeddings: Mapping[str, Any] | None = None
+
+
+@dataclass
+class _SamTally:
+    """What prompting every image gave: results per mode and the counts and notes of the .meta.json files."""
+
+    results: dict[str, list[dict]]
+    empty_masks: dict[str, int]
+    skipped: list[dict] = field(default_factory=list)
+    mask_prompt_sources: set[str] = field(default_factory=set)
+    no_detections: list[str] = field(default_factory=list)
+    n_prompts: int = 0
+
+
+def _checked_modes(options: SamRunOptions, maskrcnn_json: str | Path | None) -> tuple[list[str], str]:
+    """(the prompt modes without repeats, the score source); ``InstsegError`` for an unknown or missing one."""
+    modes, score, prompts = list(dict.fromkeys(options.modes)), options.score, options.prompts
     if prompts not in PROMPT_SOURCES:
         raise InstsegError(f"unknown prompt source '{prompts}'; valid: {', '.join(PROMPT_SOURCES)}")
     valid_modes = PROMPT_MODES if prompts == "maskrcnn" else GT_PROMPT_MODES
@@ -429,12 +261,14 @@ def run_sam(
         score = "sam_iou"
     elif maskrcnn_json is None:
         raise InstsegError("Mask R-CNN prompts need the Mask R-CNN results (--maskrcnn)")
-    out_dir = Path(out_dir)
-    maskrcnn_json = Path(maskrcnn_json) if prompts == "maskrcnn" else None
-    paths = {mode: out_dir / f"{sam_method(mode, method_prefix, prompts)}.json" for mode in modes}
-    for path in paths.values():
-        check_can_write(path, overwrite)
-        check_can_write(coco.results_meta_path(path), overwrite)
+    return modes, score
+
+
+def _detections_by_image(gt: dict | str | Path, names: Sequence[str], maskrcnn_json: Path | None
+                         ) -> tuple[dict[str, int], dict[int, list[dict]]]:
+    """(image id by name, the prompts' detections by image id: Mask R-CNN results, or the ground truth as detections)."""
+    from . import coco
+
     gt_obj = gt if isinstance(gt, dict) else coco.load_coco(gt)
     ids = coco.image_id_by_name(gt_obj)
     missing = [name for name in names if name not in ids]
@@ -445,86 +279,132 @@ def run_sam(
     by_image: dict[int, list[dict]] = {}
     for detection in detections:
         by_image.setdefault(int(detection["image_id"]), []).append(detection)
-    samples = dataset.subset(list(names))
-    sidecar = _read_probs_sidecar(maskrcnn_json) if "box_mask" in modes else None
-    if sam is None:
-        sam = build_sam(variant, checkpoint, device)
-    info = dict(getattr(sam, "mscseg_info", {"variant": variant, "checkpoint": str(checkpoint), "untrained": False}))
+    return ids, by_image
+
+
+def _sam_model(options: SamRunOptions) -> tuple[Any, dict]:
+    """(the SAM model: ``options.sam`` or one built, what it is: variant, checkpoint, untrained...); warns when untrained."""
+    sam = options.sam if options.sam is not None else build_sam(options.variant, options.checkpoint, options.device)
+    info = dict(getattr(sam, "mscseg_info", {"variant": options.variant, "checkpoint": str(options.checkpoint),
+                                             "untrained": False}))
     if info.get("untrained"):
         print(f"warning: {UNTRAINED_WARNING}", file=sys.stderr)
     if info.get("random_encoder"):
         print(f"warning: {RANDOM_ENCODER_WARNING}", file=sys.stderr)
+    return sam, info
+
+
+def _prompt_image(sam, sample, image_id: int, image_detections: list[dict], prompting: dict, tally: _SamTally) -> None:
+    """Prompt SAM with one image's detections in every mode, adding the results to ``tally``.
+
+    ``prompting``: modes, score, prompts, info, options (``SamRunOptions``) and the probabilities sidecar.
+    """
+    from . import coco
+
+    modes, score, options, sidecar = prompting["modes"], prompting["score"], prompting["options"], prompting["sidecar"]
+    boxes = np.array([_xywh_to_xyxy(d.get("bbox") or coco.rle_to_bbox(d["segmentation"])) for d in image_detections], np.float64)
+    maskrcnn_scores = np.array([float(d["score"]) for d in image_detections])
+    maskrcnn_masks = np.stack([coco.decode_rle(d["segmentation"]) for d in image_detections])
+    probs = None
+    if sidecar is not None and f"probs_{image_id}" in sidecar.files:
+        stored_scores = sidecar[f"scores_{image_id}"]
+        if len(stored_scores) == len(maskrcnn_scores) and np.allclose(stored_scores, maskrcnn_scores, atol=1e-6):
+            probs = sidecar[f"probs_{image_id}"].astype(np.float32) / 255.0
+    if options.embeddings is not None and sample.name in options.embeddings:
+        embedding = cached_embedding(sam, options.embeddings[sample.name], sample.image.shape[:2])
+    else:
+        embedding = embed_image(sam, sample.image)
+    tally.n_prompts += len(boxes)
+    for mode in modes:
+        if mode == "box_mask":
+            tally.mask_prompt_sources.add("maskrcnn_probs" if probs is not None else "maskrcnn_binary_masks")
+        masks, ious = decode_prompts(sam, embedding, boxes, mode, maskrcnn_masks, probs if mode == "box_mask" else None,
+                                     options.batch_size)
+        kept = np.isfinite(ious)
+        tally.empty_masks[mode] += int((~masks[kept].any(axis=(1, 2))).sum())
+        if mode == modes[0]:
+            for index in np.flatnonzero(~kept):
+                tally.skipped.append({"image": sample.name, "detection": int(index), "box_xyxy": boxes[index].tolist(),
+                                      "reason": "empty after clipping to the image"})
+        ranking = maskrcnn_scores if score == "maskrcnn" else ious.astype(np.float64)
+        extra = {"sam_iou": ious[kept].astype(np.float64)}
+        if options.prompts == "maskrcnn":
+            extra["maskrcnn_score"] = maskrcnn_scores[kept]
+        image_results = coco.instances_to_results(image_id, masks[kept], ranking[kept], None, extra)
+        for result in image_results:
+            result["score_source"] = score
+            if prompting["info"].get("untrained"):
+                result["sam_untrained"] = True
+        tally.results[mode].extend(image_results)
+
+
+def _sam_meta(mode: str, path: Path, prompting: dict, tally: _SamTally, maskrcnn_json: Path | None,
+              n_images: int, elapsed: float) -> dict:
+    """The ``.meta.json`` of one prompt mode's results."""
+    from .maskrcnn import _versions
+
+    score, info, options = prompting["score"], prompting["info"], prompting["options"]
+    meta = {
+        "method": path.stem, "prompt_mode": mode, "prompts": options.prompts, "score_source": score,
+        "score_source_meaning": "Mask R-CNN box score" if score == "maskrcnn" else "SAM predicted IoU of the kept mask",
+        "variant": info.get("variant", options.variant), "checkpoint": info.get("checkpoint"),
+        "untrained": bool(info.get("untrained")), "fine_tuned": bool(info.get("fine_tuned")),
+        "multimask_output": True, "kept_mask": "highest predicted IoU of the 3", "batch_size": options.batch_size,
+        "maskrcnn_results": str(maskrcnn_json) if maskrcnn_json is not None else None, "n_images": n_images,
+        "n_prompts": tally.n_prompts, "n_results": len(tally.results[mode]), "n_empty_masks": tally.empty_masks[mode],
+        "images_without_detections": tally.no_detections, "skipped_boxes": tally.skipped,
+        "time_s_all_modes": round(elapsed, 3), "versions": _versions(),
+    }
+    if info.get("untrained"):
+        meta["warning"] = UNTRAINED_WARNING
+    elif info.get("random_encoder"):
+        meta["warning"] = RANDOM_ENCODER_WARNING
+    meta["random_encoder"] = bool(info.get("untrained") or info.get("random_encoder"))
+    if mode == "box_mask":
+        meta["mask_prompt"] = sorted(tally.mask_prompt_sources) or ["maskrcnn_probs"]
+    return meta
+
+
+def run_sam(dataset, names: Sequence[str], maskrcnn_json: str | Path | None, gt: dict | str | Path, out_dir: str | Path,
+            options: SamRunOptions | None = None, **fields: Any) -> dict[str, Path]:
+    """Prompt SAM with every Mask R-CNN detection of ``names``; write ``sam_<mode>.json`` (+ ``.meta.json``) per mode.
+
+    The image is embedded once and shared by all modes. Images without detections get no
+    results. Returns {mode: results path}. ``options``: the settings (``SamRunOptions``);
+    ``fields``: ``SamRunOptions`` fields by name (``modes=["box"], sam=model``), replacing those of ``options``.
+    """
+    from dataclasses import replace
+
+    from . import coco
+
+    options = replace(options or SamRunOptions(), **fields)
+    modes, score = _checked_modes(options, maskrcnn_json)
+    out_dir = Path(out_dir)
+    maskrcnn_json = Path(maskrcnn_json) if options.prompts == "maskrcnn" else None
+    paths = {mode: out_dir / f"{sam_method(mode, options.method_prefix, options.prompts)}.json" for mode in modes}
+    for path in paths.values():
+        check_can_write(path, options.overwrite)
+        check_can_write(coco.results_meta_path(path), options.overwrite)
+    ids, by_image = _detections_by_image(gt, names, maskrcnn_json)
+    samples = dataset.subset(list(names))
+    sidecar = _read_probs_sidecar(maskrcnn_json) if "box_mask" in modes else None
+    sam, info = _sam_model(options)
+    prompting = {"modes": modes, "score": score, "options": options, "info": info, "sidecar": sidecar}
 
     from tqdm.auto import tqdm
 
     started = time.time()
-    results: dict[str, list[dict]] = {mode: [] for mode in modes}
-    skipped: list[dict] = []
-    mask_prompt_sources: set[str] = set()
-    no_detections: list[str] = []
-    empty_masks = dict.fromkeys(modes, 0)
-    n_prompts = 0
-    for sample in tqdm(samples, total=len(names), desc="sam", disable=quiet):
-        image_id = ids[sample.name]
-        image_detections = by_image.get(image_id, [])
+    tally = _SamTally({mode: [] for mode in modes}, dict.fromkeys(modes, 0))
+    for sample in tqdm(samples, total=len(names), desc="sam", disable=options.quiet):
+        image_detections = by_image.get(ids[sample.name], [])
         if not image_detections:
-            no_detections.append(sample.name)
+            tally.no_detections.append(sample.name)
             continue
-        boxes = np.array([_xywh_to_xyxy(d.get("bbox") or coco.rle_to_bbox(d["segmentation"])) for d in image_detections], np.float64)
-        maskrcnn_scores = np.array([float(d["score"]) for d in image_detections])
-        maskrcnn_masks = np.stack([coco.decode_rle(d["segmentation"]) for d in image_detections])
-        probs = None
-        if sidecar is not None and f"probs_{image_id}" in sidecar.files:
-            stored_scores = sidecar[f"scores_{image_id}"]
-            if len(stored_scores) == len(maskrcnn_scores) and np.allclose(stored_scores, maskrcnn_scores, atol=1e-6):
-                probs = sidecar[f"probs_{image_id}"].astype(np.float32) / 255.0
-        if embeddings is not None and sample.name in embeddings:
-            embedding = cached_embedding(sam, embeddings[sample.name], sample.image.shape[:2])
-        else:
-            embedding = embed_image(sam, sample.image)
-        n_prompts += len(boxes)
-        for mode in modes:
-            if mode == "box_mask":
-                mask_prompt_sources.add("maskrcnn_probs" if probs is not None else "maskrcnn_binary_masks")
-            masks, ious = decode_prompts(sam, embedding, boxes, mode, maskrcnn_masks, probs if mode == "box_mask" else None, batch_size)
-            kept = np.isfinite(ious)
-            empty_masks[mode] += int((~masks[kept].any(axis=(1, 2))).sum())
-            if mode == modes[0]:
-                for index in np.flatnonzero(~kept):
-                    skipped.append({"image": sample.name, "detection": int(index), "box_xyxy": boxes[index].tolist(), "reason": "empty after clipping to the image"})
-            ranking = maskrcnn_scores if score == "maskrcnn" else ious.astype(np.float64)
-            extra = {"sam_iou": ious[kept].astype(np.float64)}
-            if prompts == "maskrcnn":
-                extra["maskrcnn_score"] = maskrcnn_scores[kept]
-            image_results = coco.instances_to_results(image_id, masks[kept], ranking[kept], None, extra)
-            for result in image_results:
-                result["score_source"] = score
-                if info.get("untrained"):
-                    result["sam_untrained"] = True
-            results[mode].extend(image_results)
+        _prompt_image(sam, sample, ids[sample.name], image_detections, prompting, tally)
     elapsed = time.time() - started
-    from .maskrcnn import _versions
-
     for mode in modes:
-        meta = {
-            "method": paths[mode].stem, "prompt_mode": mode, "prompts": prompts, "score_source": score,
-            "score_source_meaning": "Mask R-CNN box score" if score == "maskrcnn" else "SAM predicted IoU of the kept mask",
-            "variant": info.get("variant", variant), "checkpoint": info.get("checkpoint"), "untrained": bool(info.get("untrained")),
-            "fine_tuned": bool(info.get("fine_tuned")),
-            "multimask_output": True, "kept_mask": "highest predicted IoU of the 3", "batch_size": batch_size,
-            "maskrcnn_results": str(maskrcnn_json) if maskrcnn_json is not None else None, "n_images": len(names), "n_prompts": n_prompts,
-            "n_results": len(results[mode]), "n_empty_masks": empty_masks[mode],
-            "images_without_detections": no_detections, "skipped_boxes": skipped,
-            "time_s_all_modes": round(elapsed, 3), "versions": _versions(),
-        }
-        if info.get("untrained"):
-            meta["warning"] = UNTRAINED_WARNING
-        elif info.get("random_encoder"):
-            meta["warning"] = RANDOM_ENCODER_WARNING
-        meta["random_encoder"] = bool(info.get("untrained") or info.get("random_encoder"))
-        if mode == "box_mask":
-            meta["mask_prompt"] = sorted(mask_prompt_sources) or ["maskrcnn_probs"]
-        coco.write_results(paths[mode], results[mode], meta)
+        coco.write_results(paths[mode], tally.results[mode],
+                           _sam_meta(mode, paths[mode], prompting, tally, maskrcnn_json, len(names), elapsed))
     return paths
 
 

@@ -240,26 +240,34 @@ def build_for_training(settings: FinetuneSettings, device: str | None, resume_fr
 
 # ---------------------------------------------------------------- the trainer
 
-def finetune_sam(
-    dataset,
-    split: Mapping[str, Any],
-    out_dir: str | Path,
-    settings: FinetuneSettings | Mapping[str, Any] | None = None,
-    *,
-    device: str | None = None,
-    resume: bool = False,
-    overwrite: bool = False,
-    quiet: bool = True,
-    split_path: str | Path | None = None,
-    write_split_to: str | Path | None = None,
-) -> dict[str, Any]:
+@dataclass
+class FinetuneRunOptions:
+    """Run control of one ``finetune_sam`` call: device, resume/overwrite, output, and where the split came from or goes."""
+
+    device: str | None = None
+    resume: bool = False
+    overwrite: bool = False
+    quiet: bool = True
+    split_path: str | Path | None = None
+    write_split_to: str | Path | None = None
+
+
+def finetune_sam(dataset, split: Mapping[str, Any], out_dir: str | Path,
+                 settings: FinetuneSettings | Mapping[str, Any] | None = None, options: FinetuneRunOptions | None = None,
+                 **fields: Any) -> dict[str, Any]:
     """Fine-tune SAM on ``split['train']`` of ``dataset``, validated on ``split['val']``; returns the run record as a dict.
 
     Every input is checked (settings, images, instances, checkpoint variant, the run folder
     and a resume's settings, through ``data.lifecycle``) before anything is written: then
     ``split`` goes to ``write_split_to`` when given (a split made for this run), and the run
-    to ``out_dir``.
+    to ``out_dir``. ``options``: run control (``FinetuneRunOptions``); ``fields``: its fields by
+    name (``device="cpu", resume=True``), replacing those of ``options``.
     """
+    from dataclasses import replace
+
+    options = replace(options or FinetuneRunOptions(), **fields)
+    device, resume, overwrite, quiet = options.device, options.resume, options.overwrite, options.quiet
+    split_path, write_split_to = options.split_path, options.write_split_to
     if not isinstance(settings, FinetuneSettings):
         settings = FinetuneSettings(**dict(settings or {}))
     settings.check()
@@ -350,32 +358,39 @@ class FinetuneStepResult:
     predictions: dict[str, Path] = field(default_factory=dict)
 
 
-def finetune_and_predict(
-    settings: FinetuneSettings | Mapping[str, Any],
-    dataset,
-    split: Mapping[str, Any],
-    out_dir: str | Path,
-    predictions_dir: str | Path,
-    *,
-    modes: Sequence[str] = ("box", "box_point", "box_mask"),
-    score: str = "maskrcnn",
-    prompt_sources: Sequence[str] = ("maskrcnn", "gt"),
-    device: str | None = None,
-    resume: bool = False,
-    overwrite: bool = False,
-    quiet: bool = True,
-    split_path: str | Path | None = None,
-) -> FinetuneStepResult:
+@dataclass
+class FinetunePredictOptions:
+    """The settings of one ``finetune_and_predict`` call besides the fine-tuning settings: the prompts and run control."""
+
+    modes: Sequence[str] = ("box", "box_point", "box_mask")
+    score: str = "maskrcnn"
+    prompt_sources: Sequence[str] = ("maskrcnn", "gt")
+    device: str | None = None
+    resume: bool = False
+    overwrite: bool = False
+    quiet: bool = True
+    split_path: str | Path | None = None
+
+
+def finetune_and_predict(settings: FinetuneSettings | Mapping[str, Any], dataset, split: Mapping[str, Any],
+                         out_dir: str | Path, predictions_dir: str | Path, options: FinetunePredictOptions | None = None,
+                         **fields: Any) -> FinetuneStepResult:
     """Fine-tune SAM (``out_dir``: run.json, history.csv, best.pth, last.pth) and write its predictions.
 
     predictions_dir must hold ``gt.json`` (validation ground truth) and, for the ``maskrcnn``
     prompt source, ``maskrcnn.json``. Writes ``sam_ft_<mode>.json`` (+ ``.meta.json``) for
     each mode prompted by Mask R-CNN's detections and ``sam_ft_gt_<mode>.json`` for the
     ground-truth boxes (modes ``box`` and ``box_point``). A finished run in ``out_dir`` with
-    the same settings is reused when ``resume`` is set.
+    the same settings is reused when ``resume`` is set. ``options``: prompts and run control
+    (``FinetunePredictOptions``); ``fields``: its fields by name (``device="cpu"``), replacing those of ``options``.
     """
+    from dataclasses import replace
+
     from .sam import GT_PROMPT_MODES, build_sam, run_sam
 
+    options = replace(options or FinetunePredictOptions(), **fields)
+    modes, score, prompt_sources, device = options.modes, options.score, options.prompt_sources, options.device
+    resume, overwrite, quiet, split_path = options.resume, options.overwrite, options.quiet, options.split_path
     settings = settings if isinstance(settings, FinetuneSettings) else FinetuneSettings(**dict(settings))
     predictions_dir = Path(predictions_dir)
     gt_path = predictions_dir / "gt.json"

@@ -18,6 +18,7 @@ from .errors import MscsegError
 from .outputs import write_csv, write_json
 
 RUN_JSON = "run.json"
+GEOMETRY_KEYS = ("native_height", "native_width", "scale_y", "scale_x")
 HISTORY_CSV = "history.csv"
 VERSION_PACKAGES = (
     "mscseg", "numpy", "scipy", "pandas", "scikit-image", "scikit-posthocs", "matplotlib",
@@ -70,9 +71,15 @@ class RunRecord:
 
     @property
     def geometry(self) -> dict[str, Any] | None:
-        """How training resized its images and how large its cells were (``data.geometry``); None when not recorded."""
+        """How training resized its images and how large its cells were (``data.geometry``).
+
+        None when not recorded, or when the entry lacks the native size or a scale (a hand-edited or foreign record):
+        prediction then falls back to scale 1 and says so, instead of failing on a missing key.
+        """
         geometry = self.details.get("geometry")
-        return dict(geometry) if isinstance(geometry, Mapping) and geometry else None
+        if not isinstance(geometry, Mapping) or not all(key in geometry for key in GEOMETRY_KEYS):
+            return None
+        return dict(geometry)
 
     @classmethod
     def from_dict(cls, content: Mapping[str, Any], path: str | Path | None = None) -> "RunRecord":

@@ -131,8 +131,17 @@ def test_maskrcnn_geometry_known_answer():
 def test_run_record_reads_geometry_from_where_trainers_write_it(tmp_path):
     from data.run_record import RunRecord
 
-    record = RunRecord("keras", "unet", {"image_size": 64}, details={"geometry": {"scale_y": 0.5, "scale_x": 0.5}})
+    geometry = {"native_height": 128, "native_width": 128, "scale_y": 0.5, "scale_x": 0.5}
+    record = RunRecord("keras", "unet", {"image_size": 64}, details={"geometry": geometry})
     record.write(tmp_path)
-    assert read_record(tmp_path).geometry == {"scale_y": 0.5, "scale_x": 0.5}
+    assert read_record(tmp_path).geometry == geometry
     RunRecord("keras", "unet", {"image_size": 64}).write(tmp_path)
+    assert read_record(tmp_path).geometry is None
+
+
+def test_incomplete_geometry_is_not_used(tmp_path):
+    """A record whose geometry lacks a scale (hand-edited, foreign) reads as none: predict falls back to scale 1."""
+    from data.run_record import RunRecord
+
+    RunRecord("keras", "unet", {"image_size": 64}, details={"geometry": {"image_size": 64, "scale_y": 0.5}}).write(tmp_path)
     assert read_record(tmp_path).geometry is None

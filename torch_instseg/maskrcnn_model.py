@@ -72,20 +72,23 @@ def _narrow_heads(model, channels: int, num_classes: int) -> None:
     model.roi_heads.mask_predictor = MaskRCNNPredictor(channels, channels, num_classes)
 
 
-def read_state_dict(path: str | Path) -> dict:
-    """A model state dict from a .pth/.pt file (a plain state dict or a checkpoint with a 'model' entry)."""
+def read_state_dict(path: str | Path, what: str = "weights", model: str = "model") -> dict:
+    """A state dict from a .pth/.pt file (a plain state dict or a checkpoint with a 'model' entry).
+
+    ``what`` and ``model`` name the file and the network in the one-line errors.
+    """
     torch, _ = import_torch()
     path = Path(path)
     if not path.is_file():
-        raise InstsegError(f"{path}: weights file not found")
+        raise InstsegError(f"{path}: {what} file not found")
     try:
         state = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as error:  # noqa: BLE001 - unreadable file is bad input
-        raise InstsegError(f"{path}: cannot read weights ({type(error).__name__}: {error})") from None
+        raise InstsegError(f"{path}: cannot read {what} ({type(error).__name__}: {error})") from None
     if isinstance(state, dict) and isinstance(state.get("model"), dict):
         state = state["model"]
     if not isinstance(state, dict) or not state:
-        raise InstsegError(f"{path}: not a model state dict")
+        raise InstsegError(f"{path}: not a {model} state dict")
     return state
 
 

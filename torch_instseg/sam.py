@@ -123,7 +123,7 @@ def build_sam(variant: str = "vit_h", checkpoint: str | Path | None = None, devi
     a path (file or folder); or "none" for random weights (the model is marked untrained:
     ``sam.mscseg_info["untrained"]``). A checkpoint of another variant raises ``InstsegError``.
     """
-    torch = _import_sam()
+    _import_sam()
     from .maskrcnn import resolve_device
 
     spec = _variant(variant)
@@ -132,14 +132,9 @@ def build_sam(variant: str = "vit_h", checkpoint: str | Path | None = None, devi
     path = resolve_sam_checkpoint(variant, checkpoint)
     state = None
     if path is not None:
-        try:
-            state = torch.load(str(path), map_location="cpu", weights_only=True)
-        except Exception as error:  # noqa: BLE001 - unreadable file is bad input
-            raise InstsegError(f"{path}: cannot read SAM checkpoint ({type(error).__name__}: {error})") from None
-        if isinstance(state, dict) and isinstance(state.get("model"), dict):
-            state = state["model"]
-        if not isinstance(state, dict):
-            raise InstsegError(f"{path}: not a SAM state dict")
+        from .maskrcnn_model import read_state_dict
+
+        state = read_state_dict(path, what="SAM checkpoint", model="SAM")
         found = _variant_of_state(state)
         if found in SAM_VARIANTS and found != variant:
             raise InstsegError(f"{path}: checkpoint is SAM {found}, not {variant}; pass --variant {found}")

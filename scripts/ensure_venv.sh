@@ -48,7 +48,9 @@ case "$PY_VERSION" in
     *) MSCSEG_STACK=current; DEFAULT_VENV="$ROOT/.venv-current" ;;
 esac
 LOCK="$ROOT/requirements/$MSCSEG_STACK.txt"
-LOCK_HASH="$(sha256sum "$LOCK" | cut -c1-16)"
+NO_DEPS="$ROOT/requirements/$MSCSEG_STACK-no-deps.txt"
+[ -f "$NO_DEPS" ] || NO_DEPS=/dev/null
+LOCK_HASH="$(cat "$LOCK" "$NO_DEPS" | sha256sum | cut -c1-16)"
 if [ -n "${MSCSEG_VENV:-}" ]; then
     VENV="$MSCSEG_VENV"
 elif [ -n "${MSCSEG_VENV_CACHE:-}" ]; then
@@ -57,7 +59,7 @@ else
     VENV="$DEFAULT_VENV"
 fi
 STAMP="$VENV/.mscseg-requirements.sha256"
-WANT="$(cat "$LOCK" "$ROOT/setup.cfg" | sha256sum | cut -d' ' -f1) $PY_VERSION"
+WANT="$(cat "$LOCK" "$NO_DEPS" "$ROOT/setup.cfg" | sha256sum | cut -d' ' -f1) $PY_VERSION"
 
 if [ ! -f "$STAMP" ] || [ "$(cat "$STAMP")" != "$WANT" ]; then
     echo "[mscseg] setting up $VENV: Python $PY_VERSION, $MSCSEG_STACK stack from requirements/$MSCSEG_STACK.txt (first run: a few minutes, 5 to 8 GB) ..." >&2
@@ -73,6 +75,7 @@ if [ ! -f "$STAMP" ] || [ "$(cat "$STAMP")" != "$WANT" ]; then
     [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
     "$VENV/bin/python" -m pip install --quiet --upgrade pip setuptools wheel
     "$VENV/bin/python" -m pip install --quiet -r "$LOCK"
+    [ "$NO_DEPS" = /dev/null ] || "$VENV/bin/python" -m pip install --quiet --no-deps -r "$NO_DEPS"
     "$VENV/bin/python" -m pip install --quiet --no-deps --no-build-isolation -e "$ROOT"
     echo "$WANT" > "$STAMP"
     echo "[mscseg] environment ready in $((SECONDS - started)) s ($(du -sh "$VENV" 2>/dev/null | cut -f1))" >&2

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import DatasetError
+from .outputs import replace_atomically
 
 IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp")
 MASK_SUFFIXES = (".png", ".tif", ".tiff")
@@ -246,9 +247,7 @@ def write_png(path: str | Path, array: np.ndarray) -> None:
         image = Image.fromarray(array)
     else:
         raise ValueError(f"write_png takes uint8 or uint16, got {array.dtype}")
-    partial = path.with_name(path.name + ".partial")
-    image.save(partial, format="PNG")
-    partial.replace(path)
+    replace_atomically(path, lambda partial: image.save(partial, format="PNG"))
 
 
 def write_labels(path: str | Path, labels: np.ndarray) -> None:
@@ -258,10 +257,8 @@ def write_labels(path: str | Path, labels: np.ndarray) -> None:
     if path.suffix.lower() in (".tif", ".tiff"):
         import tifffile
 
-        path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_name(path.name + ".partial")
-        tifffile.imwrite(str(partial), labels.astype(np.uint16 if labels.max() < 65536 else np.uint32))
-        partial.replace(path)
+        stored = labels.astype(np.uint16 if labels.max() < 65536 else np.uint32)
+        replace_atomically(path, lambda partial: tifffile.imwrite(str(partial), stored))
         return
     if labels.max() > 65535:
         raise ValueError(f"{path}: more than 65535 labels; write a .tif instead")

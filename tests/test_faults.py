@@ -363,3 +363,65 @@ def test_the_tiny_run_killed_at_random_moments_finishes_with_every_step_done(tmp
     methods = instance_methods(settings.instance)
     assert len(table) == len(methods) * len(settings.instance.evaluation.interpolations)
     assert set(table["method"]) == set(methods) and table[["mAP", "AP50", "AP75"]].notna().all().all()
+
+
+def _images_full_on(monkeypatch) -> list[str]:
+    """Every PNG and TIFF write of a ``.partial`` file fails after half a file, as a full disk does; the attempts."""
+    import tifffile
+    from PIL import Image
+
+    tried: list[str] = []
+    save, imwrite = Image.Image.save, tifffile.imwrite
+
+    def fail(path) -> None:
+        tried.append(str(path))
+        Path(path).write_bytes(b"half an image")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    def full_save(self, fp, *args, **kwargs):
+        if str(fp).endswith(".partial"):
+            fail(fp)
+        return save(self, fp, *args, **kwargs)
+
+    def full_imwrite(path, *args, **kwargs):
+        if str(path).endswith(".partial"):
+            fail(path)
+        return imwrite(path, *args, **kwargs)
+
+    monkeypatch.setattr(Image.Image, "save", full_save)
+    monkeypatch.setattr(tifffile, "imwrite", full_imwrite)
+    return tried
+
+
+@pytest.mark.parametrize("suffix", [".png", ".tif"])
+def test_an_image_write_on_a_full_disk_names_the_file_and_keeps_the_old_one(tmp_path, monkeypatch, suffix):
+    from data.imageio import read_labels, write_labels
+
+    target = tmp_path / f"cells{suffix}"
+    old = np.zeros((8, 9), np.int32)
+    old[2:5, 3:7] = 1
+    write_labels(target, old)
+    before = target.read_bytes()
+    tried = _images_full_on(monkeypatch)
+    with pytest.raises(OSError) as raised:
+        write_labels(target, old + 1)
+    assert tried == [str(target) + ".partial"]
+    assert raised.value.errno == errno.ENOSPC and raised.value.filename == str(target)
+    assert target.read_bytes() == before and np.array_equal(read_labels(target), old)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [target.name]
+
+
+def test_predict_overlays_on_a_full_disk_stop_with_one_line_and_the_previous_outputs_unchanged(tmp_path, capsys, monkeypatch):
+    from mscseg.predict import main
+
+    argv = _predict_case(tmp_path, monkeypatch) + ["--out", str(tmp_path / "out")]
+    out = tmp_path / "out"
+    assert main(argv) == 0
+    before = _snapshot(out)
+    assert any(name.endswith(".png") for name in before)
+    capsys.readouterr()
+    tried = _images_full_on(monkeypatch)
+    assert main(argv + ["--overwrite"]) == 2
+    written = Path(tried[0][: -len(".partial")]).relative_to(out) if tried else Path()
+    target = out.joinpath(*written.parts[1:]) if written.parts[0].startswith(".staging-") else out / written
+    _assert_disk_full(capsys, tried, target, before, out)

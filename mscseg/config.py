@@ -4,8 +4,9 @@ A config file is a mapping with ``name`` (the results folder's name; default the
 file's stem), ``description`` and the sections ``semantic``, ``instance`` and
 ``stats`` (every key optional). The training settings of a section are the package's
 own settings dataclass (``keras_semseg.settings.TrainRecipe``,
-``torch_instseg.settings.MaskRCNNSettings``, ``FinetuneSettings``): their defaults (the
-papers' values) and checks; a section adds only what the run needs besides. It may
+``torch_instseg.settings.MaskRCNNSettings``, ``FinetuneSettings``, and each peer's ``SETTINGS``
+class for ``instance.peers.<name>``): their defaults (the papers' values) and checks; a section
+adds only what the run needs besides. It may
 start from a preset with ``base: paper`` (or ``small``, ``tiny``, or a path to
 another config file) and change only some keys; mappings are merged key by key,
 except ``dataset`` and ``max_dets``, which are replaced whole; the base's ``name``
@@ -32,7 +33,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from data.settings import Problem
+import peers
+from data.settings import Problem, setting
 from keras_semseg.registry import MODELS
 from keras_semseg.settings import TrainRecipe
 from keras_semseg.sweep import METRICS as SWEEP_METRICS
@@ -247,6 +249,78 @@ class EvaluationConfig:
         problems.require(len(set(self.interpolations)) == len(self.interpolations), where, "interpolations", "an interpolation is listed twice")
 
 
+PEER_NAMES = peers.PEER_NAMES
+PEER_ENABLED_HELP = "train this peer on the instance split and add its rows to every instance table, test and figure"
+
+
+class _PeerModuleMissing:
+    """Stands in for a peer's settings class when ``peers/<name>.py`` is not in this installation: only ``enabled``."""
+
+    missing_module = True
+
+    def problems(self) -> list[Problem]:
+        return []
+
+
+_PEER_SECTIONS: dict[tuple[str, type], type] = {}
+
+
+def peer_settings_class(name: str) -> type:
+    """The peer's settings dataclass (``peers.peer_module(name).SETTINGS``); a stand-in without fields when its
+    module is not in this installation (the peer's step then marks it absent)."""
+    try:
+        return peers.peer_module(name).SETTINGS
+    except ModuleNotFoundError as error:
+        if error.name != f"peers.{name}":
+            raise
+        return dataclass(type(f"{name.capitalize()}Missing", (_PeerModuleMissing,), {"__module__": __name__}))
+
+
+def peer_section(name: str) -> type:
+    """The config section ``instance.peers.<name>``: the peer's settings dataclass (its fields, defaults and
+    ``problems()``, declared once in ``peers/<name>.py``) plus ``enabled``."""
+    base = peer_settings_class(name)
+    key = (name, base)
+    if key not in _PEER_SECTIONS:
+        params = getattr(base, "__dataclass_params__", None)
+
+        def check(self, where: str, problems: "Problems") -> None:
+            problems.add(where, base.problems(self))
+
+        _PEER_SECTIONS[key] = dataclasses.make_dataclass(
+            f"{name.capitalize()}PeerConfig",
+            [("enabled", bool, setting(False, PEER_ENABLED_HELP, stamped_at_default=False))],
+            bases=(base,), namespace={"check": check, "__module__": __name__,
+                                      "__doc__": f"instance.peers.{name}: the peer's settings ({base.__name__}) and enabled."},
+            frozen=bool(params and params.frozen))
+    return _PEER_SECTIONS[key]
+
+
+def _peer_field(name: str) -> Any:
+    return field(default_factory=lambda: peer_section(name)(), metadata={"peer": name})
+
+
+@dataclass
+class PeersConfig:
+    """The tools a lab would pick instead (``peers``): one section per peer, off unless ``enabled``.
+
+    Each section is the peer's own settings class (``peers.<name>.SETTINGS``): its fields, defaults
+    and checks; bad values are refused here, before any step runs.
+    """
+
+    cellpose: Any = _peer_field("cellpose")
+    stardist: Any = _peer_field("stardist")
+
+    def check(self, where: str, problems: Problems) -> None:
+        for name in PEER_NAMES:
+            getattr(self, name).check(f"{where}.{name}", problems)
+
+
+def enabled_peers(instance: Any) -> list[str]:
+    """The peers enabled in an instance section (or a step's view of it that declares ``instance.peers.<name>.enabled``)."""
+    return [name for name in PEER_NAMES if getattr(instance.peers, name).enabled]
+
+
 @dataclass
 class InstanceConfig(MaskRCNNSettings):
     """Study B: Mask R-CNN (torchvision) vs SAM prompted with its boxes.
@@ -263,6 +337,7 @@ class InstanceConfig(MaskRCNNSettings):
     device: str = "auto"
     sam: SamConfig = field(default_factory=SamConfig)
     sam_finetune: SamFinetuneConfig = field(default_factory=SamFinetuneConfig)
+    peers: PeersConfig = field(default_factory=PeersConfig)
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     figure_images: int = 3
 
@@ -276,6 +351,7 @@ class InstanceConfig(MaskRCNNSettings):
                          f"must be auto, cpu, cuda or cuda:N, got '{self.device}'")
         self.sam.check(f"{where}.sam", problems)
         self.sam_finetune.check(f"{where}.sam_finetune", problems)
+        self.peers.check(f"{where}.peers", problems)
         self.evaluation.check(f"{where}.evaluation", problems)
         problems.require(self.figure_images >= 1, where, "figure_images", f"must be at least 1, got {self.figure_images}")
 
@@ -332,6 +408,10 @@ class Settings:
         finetune = self.instance.sam_finetune
         if self.instance.enabled and finetune.enabled and untrained_start(finetune.variant, finetune.checkpoint):
             parts.append(f"SAM {finetune.variant} fine-tuned from random weights (no checkpoint; its encoder gives random features)")
+        for name in enabled_peers(self.instance) if self.instance.enabled else []:
+            section = getattr(self.instance.peers, name)
+            if not getattr(section, "missing_module", False) and random_start(section):
+                parts.append(f"{name} trained from random weights (no released model)")
         return parts
 
     @property
@@ -339,6 +419,12 @@ class Settings:
         return any(
             study.enabled and study.dataset.synthetic is not None for study in (self.semantic, self.instance)
         )
+
+
+def random_start(section: Any) -> bool:
+    """True when a peer section starts from random weights (``weights`` none, or no such field)."""
+    weights = getattr(section, "weights", None)
+    return weights is None or str(weights).strip().lower() in ("none", "null", "")
 
 
 def _label(where: str, key: str, problem: str) -> str:
@@ -435,12 +521,15 @@ def build(cls: type, data: Any, where: str = "") -> Any:
     if not isinstance(data, dict):
         raise _error(where, "", f"must be a mapping of key: value, got {data!r}")
     hints = typing.get_type_hints(cls)
-    known = [f.name for f in dataclasses.fields(cls) if f.name != "source"]
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.name != "source"}
+    known = list(fields)
     values = {}
     for key, value in data.items():
         if key not in known:
             raise _error(where, str(key), f"unknown key{_suggest(str(key), known)}; valid keys here: {', '.join(known)}")
-        values[key] = _convert(value, hints[key], where, key)
+        peer = fields[key].metadata.get("peer")
+        values[key] = (build(peer_section(peer), value, f"{where}.{key}" if where else key) if peer
+                       else _convert(value, hints[key], where, key))
     return cls(**values)
 
 

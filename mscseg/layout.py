@@ -7,8 +7,9 @@ The runner, the steps, the report and predict build result paths only through ``
       data/<study>/ (synthetic data)  data/summary_<study>.csv
       semantic/<model>/  run.json, history.csv, best/last weights, probs/<stem>.npy
       semantic/masks/  semantic/sweep/  semantic/stats/
-      instance/split.json  instance/maskrcnn/  instance/sam_finetune/
-      instance/predictions/<method>.json  instance/eval/<method>/<N>point/
+      instance/split.json  instance/maskrcnn/  instance/sam_finetune/  instance/<peer>/ (cellpose, stardist)
+      instance/predictions/<method>.json (+ <method>.meta.json; <peer>.absent.json when a peer's package is missing)
+      instance/eval/<method>/<N>point/
       instance/instance_table.csv  instance/stats/
       figures/<stem>.png|pdf  logs/<step>.log  .stamps/<step>.json
 """
@@ -130,9 +131,17 @@ class Layout:
     def sam_finetune(self) -> Path:
         return self.instance / "sam_finetune"
 
+    def peer_run(self, peer: str) -> Path:
+        """The training run folder of the peer ``peer`` (``instance/cellpose/``, ``instance/stardist/``)."""
+        return self.instance / peer
+
     @property
     def predictions(self) -> Path:
         return self.instance / "predictions"
+
+    def prediction_absent(self, method: str) -> Path:
+        """``<method>.absent.json``: why a method has no results (its package cannot be imported here)."""
+        return self.predictions / f"{method}.absent.json"
 
     def prediction(self, method: str) -> Path:
         """COCO results of ``method`` (``gt`` is the ground truth)."""

@@ -8,7 +8,12 @@
   next to the run folder; else 0.5); cells are the 8-connected components of the mask;
 - a Mask R-CNN run folder (``instseg-train`` / ``instance/maskrcnn/``: ``run.json`` and
   ``best.pt``): instances with score >= ``--threshold`` (default 0.5), painted into a
-  label image in increasing score order (the higher score keeps a shared pixel).
+  label image in increasing score order (the higher score keeps a shared pixel);
+- a Cellpose or StarDist run folder (``mscseg-run``'s ``instance/cellpose/``, ``instance/stardist/``:
+  run.json whose ``trainer`` is the peer): the peer's own model (``peers.<name>.load``) labels each
+  whole image (``predict_labels``, the peer's own thresholds); ``--threshold`` (default 0: keep all)
+  drops cells whose peer score is lower. A peer that recorded a training geometry sees each image
+  resized by it, the labels resized back.
 
 Scale and tiles (semantic runs): by default new images meet the model as the training
 images did. ``semseg-train`` records in run.json how it resized (``geometry``: its images'
@@ -93,7 +98,7 @@ from .predict_measure import (  # noqa: F401  (re-exported: mscseg.predict is th
     CELL_COLUMNS, cell_detections, components, measure_cells, overlay, size_note, write_image_outputs,
 )
 from .predict_tiles import (  # noqa: F401
-    INSTANCE_TILE, _native_size, _padded, _pair, axis_weights, instance_labels, owner_index, relabel, resize_back,
+    INSTANCE_TILE, _native_size, _padded, _pair, axis_weights, instance_labels, owner_index, peer_labels, relabel, resize_back,
     resize_image, semantic_probabilities, tile_starts,
 )
 
@@ -169,7 +174,7 @@ def find_images(inputs: Sequence[str | Path], recursive: bool = False, skipped: 
 class LoadedModel:
     """A trained model and what prediction needs to know about it."""
 
-    kind: str              # "semantic" or "instance"
+    kind: str              # "semantic", "instance" (Mask R-CNN) or "peer" (Cellpose, StarDist; name = the peer)
     name: str              # model name from run.json
     model: Any
     input_size: int | None  # the model's square input size (None: native size, torchvision resizes)
@@ -177,10 +182,27 @@ class LoadedModel:
     geometry: dict | None = None  # how training resized its images (data.geometry.training_geometry), when recorded
 
 
+def run_trainer(run_dir: Path) -> str:
+    """The ``trainer`` of a run folder's run.json (``data.run_record.read_record``)."""
+    from data.errors import MscsegError
+    from data.run_record import read_record
+
+    try:
+        return read_record(run_dir).trainer
+    except MscsegError as error:
+        raise RunError(error.problem, error.path) from None
+
+
 def run_kind(run_dir: Path) -> str:
-    """"semantic" (Keras run: *.weights.h5) or "instance" (torch Mask R-CNN run: *.pt)."""
+    """"semantic" (Keras run: *.weights.h5), "instance" (torch Mask R-CNN run: *.pt) or "peer" (run.json's trainer is
+    a peer: cellpose, stardist)."""
+    from peers import PEER_NAMES
+
     if not run_json(run_dir).is_file():
-        raise RunError(f"{run_dir}: not a training run folder (run.json missing); give semantic/<model>/ or instance/maskrcnn/")
+        raise RunError(f"{run_dir}: not a training run folder (run.json missing); give semantic/<model>/, instance/maskrcnn/ "
+                       "or instance/<peer>/")
+    if run_trainer(run_dir) in PEER_NAMES:
+        return "peer"
     if (run_dir / "best.pt").is_file() or (run_dir / "last.pt").is_file():
         return "instance"
     if (run_dir / "best.weights.h5").is_file() or (run_dir / "last.weights.h5").is_file():
@@ -204,11 +226,26 @@ def load_model(run_dir: str | Path, which: str = "best", device: str | None = No
 
         model, settings = load_run(run_dir, which)
         return LoadedModel(kind, str(settings.get("model", run_dir.name)), model, int(settings["image_size"]), run_dir, geometry)
+    if kind == "peer":
+        return load_peer(run_dir, which, device, geometry)
     from torch_instseg.maskrcnn import load_model as load_maskrcnn
 
     model = load_maskrcnn(run_dir, which=which, device=device)
     size = getattr(model, "mscseg_image_size", None)
     return LoadedModel(kind, "maskrcnn", model, int(size) if size else None, run_dir, geometry)
+
+
+def load_peer(run_dir: Path, which: str = "best", device: str | None = None, geometry: dict | None = None) -> LoadedModel:
+    """A Cellpose or StarDist run folder's model (``peers.peer_module(trainer).load``): its best weights and tuned
+    thresholds; ``PeerUnavailable`` in one line when its package is missing here."""
+    import peers
+
+    trainer = run_trainer(run_dir)
+    if which != "best":
+        raise RunError(f"--which {which}: a {trainer} run gives its best weights only (with the thresholds tuned for them)",
+                       run_dir)
+    model = peers.peer_module(trainer).load(run_dir, device=device)
+    return LoadedModel("peer", trainer, model, None, Path(run_dir), geometry)
 
 
 def default_threshold(loaded: LoadedModel) -> tuple[float, str]:
@@ -223,6 +260,8 @@ def default_threshold(loaded: LoadedModel) -> tuple[float, str]:
             if len(rows):
                 return float(rows["threshold"].iloc[0]), f"Dice-optimal threshold from {table1}"
         return 0.5, "default 0.5 (no sweep table1.csv next to the run)"
+    if loaded.kind == "peer":
+        return 0.0, f"default 0: every cell {loaded.name} keeps by its own thresholds"
     return 0.5, "default score threshold 0.5"
 
 
@@ -252,6 +291,9 @@ def choose_scaling(loaded: LoadedModel, scale: float | None) -> Scaling:
     size = geometry.get("image_size")
     if loaded.kind == "semantic":
         return Scaling(float(geometry["scale_y"]), float(geometry["scale_x"]), f"{native} resized whole to {size}x{size}")
+    if loaded.kind == "peer":
+        return Scaling(float(geometry["scale_y"]), float(geometry["scale_x"]),
+                       f"{native} resized by {loaded.name}'s training geometry")
     resized = f" resized to {size}x{size}," if size else ""
     return Scaling(float(geometry["scale_y"]), float(geometry["scale_x"]),
                    f"{native}{resized} then by torchvision's internal factor {geometry.get('internal_resize', 1):.4g} "
@@ -276,7 +318,13 @@ def coco_image_ids(named: dict[str, Path], gt_path: str | Path | None) -> dict[s
 
 def plan_tiles(loaded: "LoadedModel", scaling: "Scaling", tile: int | None, overlap: int | None
                ) -> tuple[int, int, tuple[int, int], tuple[int, int]]:
-    """(tile and overlap in model pixels, tile (h, w) and overlap (h, w) in image pixels); ``RunError`` for bad values."""
+    """(tile and overlap in model pixels, tile (h, w) and overlap (h, w) in image pixels); ``RunError`` for bad values.
+
+    A peer predicts whole images (0 everywhere; ``--tile`` and ``--overlap`` are refused)."""
+    if loaded.kind == "peer":
+        if tile or overlap:
+            raise RunError(f"--tile and --overlap do not apply to a {loaded.name} run: the peer predicts whole images")
+        return 0, 0, (0, 0), (0, 0)
     if loaded.kind == "semantic":
         model_tile = int(tile) if tile else int(loaded.input_size)
         tile_px = (max(1, round(model_tile / scaling.scale_y)), max(1, round(model_tile / scaling.scale_x)))
@@ -307,13 +355,18 @@ def label_image(loaded: "LoadedModel", image: np.ndarray, threshold: float, scal
         return labels, {}, probability, n_tiles
     scaled = (scaling.scale_y, scaling.scale_x) != (1.0, 1.0)
     work = resize_image(image, (scaling.scale_y, scaling.scale_x)) if scaled else image
-    labels, scores = instance_labels(loaded, work, tile_px[0], overlap_px[0], threshold, device)
+    if loaded.kind == "peer":
+        labels, scores = peer_labels(loaded, work, threshold)
+    else:
+        labels, scores = instance_labels(loaded, work, tile_px[0], overlap_px[0], threshold, device)
     labels = resize_back(labels, (height, width), labels=True)
     labels, scores = relabel(labels, scores)
     if min_area > 0:
         small = np.flatnonzero(np.bincount(labels.ravel()) < min_area)
         labels[np.isin(labels, small[small > 0])] = 0
         labels, scores = relabel(labels, scores)
+    if loaded.kind == "peer":
+        return labels, scores, None, 1
     n_tiles = len(tile_starts(work.shape[0], min(tile_px[0], work.shape[0]), overlap_px[0])) * \
         len(tile_starts(work.shape[1], min(tile_px[1], work.shape[1]), overlap_px[1]))
     return labels, scores, None, n_tiles
@@ -417,13 +470,16 @@ def predict_record(run_dir: str | Path, loaded: LoadedModel, options: PredictOpt
     return {
         "model_dir": str(Path(run_dir).resolve()), "kind": loaded.kind, "model": loaded.name, "weights": options.which,
         "threshold": settings.threshold, "threshold_source": settings.threshold_source,
-        "threshold_meaning": "probability > threshold" if loaded.kind == "semantic" else "instance score >= threshold",
+        "threshold_meaning": {"semantic": "probability > threshold", "peer": f"{loaded.name} score >= threshold"}.get(
+            loaded.kind, "instance score >= threshold"),
         "scale": scaling.isotropic if scaling.scale_y == scaling.scale_x else [scaling.scale_y, scaling.scale_x],
         "scale_source": scaling.source, "training_geometry": loaded.geometry,
         "tile": settings.model_tile, "overlap": settings.overlap_model, "tile_px": list(settings.tile_px),
         "overlap_px": list(settings.overlap_px), "model_input_size": loaded.input_size,
-        "tile_handling": ("each tile (tile_px image pixels) resized to the model input, maps cross-faded with weight 0 at "
-                          "inner tile edges" if loaded.kind == "semantic" else "run at the tile's own size"),
+        "tile_handling": {"semantic": "each tile (tile_px image pixels) resized to the model input, maps cross-faded with "
+                                      "weight 0 at inner tile edges",
+                          "peer": f"whole images through {loaded.name}'s own prediction"}.get(loaded.kind,
+                                                                                              "run at the tile's own size"),
         "min_area_px": settings.min_area, "min_area_source": settings.min_area_source, "size_notes": notes,
         "skipped_annotation_files": skipped, "coco_results": None if options.coco is None else str(options.coco),
         "exports": {"rois": outputs.rois, "geojson": outputs.geojson},
@@ -452,7 +508,7 @@ def predict_folder(run_dir: str | Path, images: Sequence[str | Path], out_dir: s
     named, skipped = _checked_inputs(images, out_dir, options, execution.resume)
     coco = options.coco
     image_ids = coco_image_ids(named, options.coco_gt) if coco else {}
-    loaded = (describe_model(run_dir, options.which) if execution.distributed
+    loaded = (describe_model(run_dir, options.which) if execution.distributed and run_kind(Path(run_dir)) != "peer"
               else load_model(run_dir, options.which, options.device))
     settings = resolve_settings(loaded, options)
     plan = make_plan(run_dir, options, settings, out_dir)
@@ -467,7 +523,7 @@ def predict_folder(run_dir: str | Path, images: Sequence[str | Path], out_dir: s
             from torch_instseg.coco import write_results
 
             write_results(coco, [detection for r in records for detection in r["detections"]],
-                          {"score_source": "maskrcnn_score" if loaded.kind == "instance" else "mean_probability",
+                          {"score_source": coco_score_source(loaded),
                            "model_dir": str(Path(run_dir).resolve()), "threshold": settings.threshold})
         write_json(stage / "predict.json", {
             **predict_record(run_dir, loaded, options, settings, notes, len(skipped)), **pixel_size_record(pixel_sizes),
@@ -477,15 +533,25 @@ def predict_folder(run_dir: str | Path, images: Sequence[str | Path], out_dir: s
     return table
 
 
+def coco_score_source(loaded: LoadedModel) -> str:
+    """How ``--coco``'s scores are made: Mask R-CNN's score, a semantic cell's mean probability, or the peer's own."""
+    if loaded.kind == "peer":
+        import peers
+
+        return peers.peer_module(loaded.name).SCORE_SOURCE
+    return "maskrcnn_score" if loaded.kind == "instance" else "mean_probability"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = make_parser(
         "mscseg-predict",
-        description="Segment new micrographs with a trained semantic (Keras) or Mask R-CNN (torch) run: masks, "
+        description="Segment new micrographs with a trained semantic (Keras), Mask R-CNN (torch), Cellpose or StarDist run: masks, "
         "instance labels, overlays, per-cell shape CSVs and a counts/confluence CSV.",
         epilog="Semantic runs use the Dice-optimal threshold of ../sweep/table1.csv when it exists (else 0.5); "
         "Mask R-CNN keeps instances with score >= 0.5 unless --threshold is given.",
     )
-    parser.add_argument("--model", required=True, type=Path, help="training run folder (semantic/<model>/ or instance/maskrcnn/)")
+    parser.add_argument("--model", required=True, type=Path, help="training run folder (semantic/<model>/, instance/maskrcnn/, "
+                        "instance/cellpose/ or instance/stardist/)")
     parser.add_argument("--images", required=True, nargs="+", help="image files and/or folders of images")
     parser.add_argument("--out", required=True, type=Path, help="output folder")
     parser.add_argument("--threshold", type=float, help="probability (semantic) or score (instance) threshold")

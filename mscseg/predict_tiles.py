@@ -134,6 +134,19 @@ def instance_labels(
     return relabel(labels, scores)
 
 
+def peer_labels(loaded: LoadedModel, image: np.ndarray, threshold: float = 0.0) -> tuple[np.ndarray, dict[int, float]]:
+    """H x W int32 labels of a whole H x W x 3 image by a peer (``peers.<name>.predict_labels``) and each label's score;
+    cells scoring below ``threshold`` dropped."""
+    import peers
+
+    labels, scores = peers.peer_module(loaded.name).predict_labels(loaded.model, image)
+    labels = np.asarray(labels).astype(np.int32)
+    scores = np.asarray(scores, np.float64).reshape(-1)
+    kept = {k: float(scores[k - 1]) for k in range(1, scores.size + 1) if scores[k - 1] >= threshold}
+    labels[~np.isin(labels, np.fromiter(kept, np.int64, len(kept)))] = 0
+    return relabel(labels, kept)
+
+
 def resize_image(image: np.ndarray, scale: float | tuple[float, float]) -> np.ndarray:
     """H x W x 3 image resized by ``scale`` (one factor, or (y, x)); bilinear, antialiased when shrinking."""
     from skimage.transform import resize

@@ -27,6 +27,10 @@ if TYPE_CHECKING:
 
 from .layout import INSTANCE_FIGURE, SEMANTIC_FIGURES, STUDIES, Layout
 
+PEER_LABELS = {"cellpose": "Cellpose", "stardist": "StarDist"}
+PEER_GROUP, PAPER_GROUP = "peers", "the papers' methods"
+MASKRCNN_SCORE = "Mask R-CNN's class confidence of the detection (torchvision box score)"
+
 PUBLISHED_DIR = Path(__file__).resolve().parent / "published"
 METRIC_LABELS = {**SWEEP_METRIC_LABELS, "ap": "AP"}
 FIGURES = (
@@ -134,12 +138,24 @@ def _banner(settings: dict) -> str:
     if instance.get("enabled", True) and finetune.get("enabled") and finetune.get("checkpoint") in (None, "none"):
         parts.append(f"the fine-tuned SAM ({_e(finetune.get('variant', '?'))}) started from random weights and only its "
                      "decoder learned, on random image features")
+    random_peers = [PEER_LABELS.get(name, name) for name, peer in (instance.get("peers") or {}).items()
+                    if instance.get("enabled", True) and peer.get("enabled") and str(peer.get("weights")).lower() in ("none", "null", "")]
+    if random_peers:
+        parts.append(f"{' and '.join(random_peers)} {'start' if len(random_peers) > 1 else 'starts'} from random weights "
+                     "(no released model)")
     synthetic = [name for name, study in (("semantic", semantic), ("instance", instance))
                  if study.get("enabled", True) and (study.get("dataset") or {}).get("synthetic")]
     if synthetic:
         parts.append(f"the {' and '.join(synthetic)} data are synthetic images made by the project")
     if not parts:
         return ""
+    if not synthetic:
+        return (
+            '<div class="banner" id="random-weights-banner"><b>Real micrographs, networks from random weights.</b> In this run '
+            + "; ".join(parts)
+            + ". Every network learned these images from scratch, under the training budget in the settings below: the "
+            "tables compare the methods on equal terms, not the papers' pretrained models (configs/paper.yaml).</div>"
+        )
     return (
         '<div class="banner" id="demo-banner"><b>Demonstration run, not a reproduction.</b> In this run '
         + "; ".join(parts)
@@ -265,19 +281,63 @@ def _training_times(layout: Layout, models: list[str]) -> pd.DataFrame | None:
     return pd.DataFrame(rows) if rows else None
 
 
-def _instance_training(layout: Layout) -> pd.DataFrame | None:
+def _instance_training(layout: Layout, peer_names: Sequence[str] = ()) -> pd.DataFrame | None:
     rows = []
-    for label, run_dir in (("Mask R-CNN (torchvision)", layout.maskrcnn), ("SAM fine-tuned", layout.sam_finetune)):
+    runs = [("Mask R-CNN (torchvision)", layout.maskrcnn), ("SAM fine-tuned", layout.sam_finetune)]
+    runs += [(PEER_LABELS.get(name, name), layout.peer_run(name)) for name in peer_names]
+    for label, run_dir in runs:
         run = _read_run(run_dir)
         if run is None:
             continue
+        cpu = run.details.get("cpu_time_s")
         rows.append({
             "model": label, "epochs": run.epochs_done, "best epoch": run.best_epoch, "wall time s": run.wall_time_s,
+            "CPU time s": cpu if cpu is not None else "n/a",
             "s per epoch": run.epoch_time_s_mean if run.epoch_time_s_mean is not None else "n/a", "status": run.status,
             "weights": run.settings.get("weights", run.details.get("weights_source", "?")),
             "device": run.details.get("device", "?"),
         })
     return pd.DataFrame(rows) if rows else None
+
+
+def _versions_text(versions: Any) -> str:
+    if isinstance(versions, dict):
+        return ", ".join(f"{name} {version}" for name, version in versions.items())
+    return str(versions) if versions else "versions not recorded"
+
+
+def peer_label(layout: Layout, name: str) -> str:
+    """A peer's row name: the tool, its package versions and what its weights started from (the results' sidecar,
+    else its run.json)."""
+    meta = _read_json(layout.prediction_meta(name)) or {}
+    run = _read_run(layout.peer_run(name))
+    if not meta and run is None:
+        return PEER_LABELS.get(name, name)
+    versions = meta.get("versions") or (run.details.get("versions") if run else None)
+    weights = meta.get("weights") or (run.settings.get("weights") if run else None)
+    start = "random weights" if str(weights).lower() in ("none", "null", "random", "") else str(weights)
+    return f"{PEER_LABELS.get(name, name)} ({_versions_text(versions)}; from {start})"
+
+
+def _method_label(layout: Layout, method: str, peer_names: Sequence[str]) -> str:
+    return peer_label(layout, method) if method in peer_names else METHOD_LABELS.get(method, method)
+
+
+def score_sources(layout: Layout, methods: Sequence[str], peer_names: Sequence[str]) -> dict[str, str]:
+    """How each method's detection score is made: the results' sidecar (``score_source``), else Mask R-CNN's box score."""
+    found = {}
+    for method in methods:
+        meta = _read_json(layout.prediction_meta(method)) or {}
+        text = meta.get("score_source_meaning") or meta.get("score_source")
+        if text is None and method in peer_names:
+            text = "absent (no results)"
+        found[method] = str(text) if text else MASKRCNN_SCORE
+    return found
+
+
+def _peer_names(settings: dict) -> list[str]:
+    peers = (settings.get("instance") or {}).get("peers") or {}
+    return [name for name, section in peers.items() if isinstance(section, dict) and section.get("enabled")]
 
 
 def _semantic_section(layout: Layout, models: list[str]) -> str:
@@ -306,6 +366,10 @@ def _semantic_section(layout: Layout, models: list[str]) -> str:
     return "".join(parts)
 
 
+def _model_label(name: str) -> str:
+    return MODEL_LABELS.get(name, METHOD_LABELS.get(name, PEER_LABELS.get(name, name)))
+
+
 def _stats_html(layout: Layout, study: str) -> str:
     folder = layout.stats(study)
     tests = _read_csv(layout.stats_table(study, "tests"))
@@ -323,9 +387,9 @@ def _stats_html(layout: Layout, study: str) -> str:
             if frame is None:
                 continue
             test, metric = path.stem.split("_", 1)
-            frame = frame.rename(columns=lambda c: MODEL_LABELS.get(c, METHOD_LABELS.get(c, c)))
+            frame = frame.rename(columns=_model_label)
             if "model" in frame.columns:
-                frame["model"] = frame["model"].map(lambda m: MODEL_LABELS.get(m, METHOD_LABELS.get(m, m)))
+                frame["model"] = frame["model"].map(_model_label)
             parts.append(f"<div><b>{_e(test)}</b>, {_e(METRIC_LABELS.get(metric, metric))}{table_html(frame, 4)}</div>")
         parts.append("</div>")
     notes = layout.stats_notes(study)
@@ -346,18 +410,38 @@ def _cap_notes(layout: Layout) -> list[str]:
     return notes
 
 
-def _instance_section(layout: Layout) -> str:
+def instance_table_shown(layout: Layout, table: pd.DataFrame, peer_names: Sequence[str]) -> pd.DataFrame:
+    """The instance table as the report shows it: a ``group`` column (the papers' methods, then the peers), each
+    peer named with its versions and starting weights, an absent method marked in its ``absent`` column."""
+    shown = table.copy()
+    if "method" not in shown.columns:
+        return shown
+    methods = list(shown["method"])
+    shown.insert(0, "group", [PEER_GROUP if m in peer_names else PAPER_GROUP for m in methods])
+    shown["method"] = [_method_label(layout, m, peer_names) for m in methods]
+    if "absent" in shown.columns:
+        shown["absent"] = shown["absent"].map(lambda why: "" if why != why or why == "" else f"absent: {why}")
+    interpolations = list(shown["interpolation"]) if "interpolation" in shown.columns else [0] * len(shown)
+    order = sorted(range(len(shown)), key=lambda k: (interpolations[k], shown["group"].iloc[k] == PEER_GROUP, k))
+    return shown.iloc[order].reset_index(drop=True)
+
+
+def _instance_section(layout: Layout, peer_names: Sequence[str] = ()) -> str:
     parts = ["<h3>Instance table: this run</h3>"]
     ours = _read_csv(layout.instance_table)
     if ours is not None:
-        shown = ours.copy()
-        if "method" in shown.columns:
-            shown["method"] = shown["method"].map(lambda m: METHOD_LABELS.get(m, m))
+        shown = instance_table_shown(layout, ours, peer_names)
         if "interpolation" in shown.columns:
             shown["interpolation"] = shown["interpolation"].map(lambda v: f"{v}-point")
         parts.append(table_html(shown))
         parts.append('<p class="muted">mAP over IoU 0.50:0.05:0.95; 11-point = the paper\'s interpolation, '
-                     "101-point = pycocotools. max_dets = detections kept per image.</p>")
+                     "101-point = pycocotools. max_dets = detections kept per image. Every row is scored by this "
+                     "project's one matcher on the same validation images with the same detection cap"
+                     + ("; the peers were trained on the same training images" if peer_names else "") + ".</p>")
+        methods = list(dict.fromkeys(ours["method"])) if "method" in ours.columns else []
+        sources = score_sources(layout, methods, peer_names)
+        items = "".join(f"<li><b>{_e(_method_label(layout, m, peer_names))}</b>: {_e(sources[m])}</li>" for m in methods)
+        parts.append(f"<p>How each method's detection score (which ranks its detections for AP) is made:</p><ul>{items}</ul>")
     else:
         parts.append(_missing(f"instance table ({layout.instance_table.relative_to(layout.root).as_posix()})"))
     parts += _cap_notes(layout)
@@ -366,7 +450,7 @@ def _instance_section(layout: Layout) -> str:
         shown = published.drop(columns=["source"]).copy()
         shown["method"] = shown["method"].map(lambda m: {"sam": METHOD_LABELS[sam_method("box")]}.get(m, METHOD_LABELS.get(m, m)))
         parts.append("<h3>Instance table: the paper</h3>" + table_html(shown))
-    training = _instance_training(layout)
+    training = _instance_training(layout, peer_names)
     if training is not None:
         parts.append("<h3>Training</h3>" + table_html(training, 1))
     meta = _read_json(layout.prediction_meta("sam_box"))
@@ -377,9 +461,20 @@ def _instance_section(layout: Layout) -> str:
     return "".join(parts)
 
 
-def _figures_section(layout: Layout) -> str:
+def _absent_note(layout: Layout, peer_names: Sequence[str]) -> str:
+    notes = []
+    for name in peer_names:
+        marker = _read_json(layout.prediction_absent(name))
+        if marker and not layout.prediction(name).is_file():
+            notes.append(f"{PEER_LABELS.get(name, name)} absent: {marker.get('reason', 'no reason recorded')}")
+    return (" " + "; ".join(notes) + ".") if notes else ""
+
+
+def _figures_section(layout: Layout, peer_names: Sequence[str] = ()) -> str:
     parts = []
     for stem, title, caption in FIGURES:
+        if stem == INSTANCE_FIGURE and peer_names:
+            caption = caption.replace("Mask R-CNN and SAM masks", "Mask R-CNN, SAM and peer masks") + _absent_note(layout, peer_names)
         path, pdf_path = layout.figure(stem, "png"), layout.figure(stem, "pdf")
         if path.is_file():
             pdf = f' <a href="{_e(pdf_path.relative_to(layout.root).as_posix())}">PDF</a>' if pdf_path.is_file() else ""
@@ -419,6 +514,7 @@ def render_report(root: str | Path) -> str:
     written = _dt.datetime.now().astimezone().isoformat(timespec="seconds")
     semantic_on = settings.get("semantic", {}).get("enabled", True)
     instance_on = settings.get("instance", {}).get("enabled", True)
+    peer_names = _peer_names(settings) if instance_on else []
     sections = [
         ("status", "Steps", _status_section(layout, list(config.get("steps", [])))),
         ("data", "Data", _data_section(layout)),
@@ -426,9 +522,11 @@ def render_report(root: str | Path) -> str:
     if semantic_on:
         sections.append(("semantic", "Study A: semantic segmentation (4 models)", _semantic_section(layout, list(settings.get("semantic", {}).get("models", [])))))
     if instance_on:
-        sections.append(("instance", "Study B: instance segmentation (Mask R-CNN vs SAM)", _instance_section(layout)))
+        title = "Study B: instance segmentation (Mask R-CNN vs SAM" + (", and the peers " + " and ".join(
+            PEER_LABELS.get(name, name) for name in peer_names) if peer_names else "") + ")"
+        sections.append(("instance", title, _instance_section(layout, peer_names)))
     sections += [
-        ("figures", "Figures", _figures_section(layout)),
+        ("figures", "Figures", _figures_section(layout, peer_names)),
         ("files", "Result files (CSV)", _files_section(root)),
         ("settings", "Settings and versions", _settings_section(config)),
     ]

@@ -11,6 +11,10 @@ Steps (in order; a study that is disabled in the config has none; declared in ``
     instance_train          instance/maskrcnn/ (torch, own subprocess)
     instance_predict        instance/predictions/gt.json, maskrcnn.json (torch, own subprocess)
     instance_sam            instance/predictions/sam_<mode>.json (torch, own subprocess)
+    instance_sam_finetune   instance/sam_finetune/, instance/predictions/sam_ft_*.json (torch, own subprocess)
+    instance_peer_<peer>    instance/<peer>/, instance/predictions/<peer>.json (one per enabled peer: cellpose on
+                            torch, stardist on TensorFlow, each in its own subprocess; <peer>.absent.json instead,
+                            with the reason, when the peer's package cannot be imported: the run goes on)
     instance_eval           instance/eval/<method>/<interpolation>/
     instance_table          instance/instance_table.csv
     instance_stats          instance/stats/

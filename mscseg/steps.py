@@ -29,7 +29,7 @@ from data.settings import field_names, unstamped_default
 from keras_semseg.settings import TrainRecipe, TrainSettings
 from torch_instseg.settings import FinetuneSettings, MaskRCNNSettings, build_sam_checkpoint
 
-from .config import Settings
+from .config import PEER_NAMES, Settings, enabled_peers
 from .errors import RunError
 from .layout import INSTANCE_FIGURE, SEMANTIC_FIGURES, Layout
 
@@ -240,10 +240,25 @@ def finetuned_sam_methods(instance: Any) -> list[str]:
 
 
 def instance_methods(instance: Any) -> list[str]:
-    """Every method of the instance table: Mask R-CNN, zero-shot SAM per prompt mode, then the fine-tuned SAM."""
+    """Every method of the instance table: Mask R-CNN, zero-shot SAM per prompt mode, the fine-tuned SAM, then the
+    enabled peers (``cellpose``, ``stardist``)."""
     from torch_instseg.names import MASKRCNN_METHOD, sam_method
 
-    return [MASKRCNN_METHOD] + [sam_method(mode) for mode in instance.sam.modes] + finetuned_sam_methods(instance)
+    return ([MASKRCNN_METHOD] + [sam_method(mode) for mode in instance.sam.modes] + finetuned_sam_methods(instance)
+            + enabled_peers(instance))
+
+
+def absent_methods(layout: Layout, methods: Sequence[str]) -> dict[str, str]:
+    """``{method: why}`` for the methods whose step wrote ``<method>.absent.json`` (a peer whose package is missing)."""
+    absent = {}
+    for method in methods:
+        path = layout.prediction_absent(method)
+        if path.is_file() and not layout.prediction(method).is_file():
+            try:
+                absent[method] = str(json.loads(path.read_text()).get("reason", "no reason recorded"))
+            except ValueError:
+                absent[method] = f"{path.name} is not valid JSON"
+    return absent
 
 
 def build_steps(settings: Settings) -> list[Step]:
@@ -293,13 +308,17 @@ def _semantic_steps(settings: Settings) -> list[Step]:
 
 
 FINETUNE_ROWS = ("instance.sam_finetune.enabled", "instance.sam_finetune.modes", "instance.sam_finetune.prompt_sources")
+PEER_ROWS = tuple(f"instance.peers.{name}.enabled" for name in PEER_NAMES)  # a disabled peer's is not stamped
+PEER_FRAMEWORKS = {"cellpose": Framework.TORCH, "stardist": Framework.TENSORFLOW}
 
 
 def _instance_steps(settings: Settings) -> list[Step]:
     modes = list(settings.instance.sam.modes)
     finetuned = finetuned_sam_methods(settings.instance)
-    methods = ("instance.sam.modes",) + FINETUNE_ROWS
-    sam_steps = ("instance_sam",) + (("instance_sam_finetune",) if finetuned else ())
+    peer_names = enabled_peers(settings.instance)
+    methods = ("instance.sam.modes",) + FINETUNE_ROWS + PEER_ROWS
+    sam_steps = (("instance_sam",) + (("instance_sam_finetune",) if finetuned else ())
+                 + tuple(f"instance_peer_{name}" for name in peer_names))
     steps = [
         Step("instance_train", ("split",), lambda lay: [lay.maskrcnn],
              tuple(f"instance.{key}" for key in INSTANCE_TRAINING), instance_train_step, Framework.TORCH, resumable=True),
@@ -314,6 +333,10 @@ def _instance_steps(settings: Settings) -> list[Step]:
                           lambda lay: [lay.sam_finetune] + [lay.prediction(method) for method in finetuned],
                           ("instance.sam_finetune", "instance.sam.score", "instance.device"),
                           instance_sam_finetune_step, Framework.TORCH, resumable=True))
+    for name in peer_names:
+        steps.append(Step(f"instance_peer_{name}", ("split", "instance_predict"), lambda lay, name=name: peer_outputs(lay, name),
+                          (f"instance.peers.{name}", "instance.device", "instance.evaluation.max_dets"),
+                          lambda ctx, name=name: instance_peer_step(ctx, name), PEER_FRAMEWORKS[name], resumable=True))
     return steps + [
         Step("instance_eval", ("instance_predict",) + sam_steps, lambda lay: [lay.evaluations],
              methods + ("instance.evaluation",), instance_eval_step),
@@ -497,11 +520,67 @@ def instance_sam_finetune_step(ctx: Context) -> None:
           f"{record.get('best_epoch')} (validation loss {record.get('best_loss')}) -> {ctx.layout.sam_finetune}")
 
 
+def peer_outputs(layout: Layout, name: str) -> list[Path]:
+    """What the step of peer ``name`` writes: its run folder, its COCO results and their sidecar, or the absent marker."""
+    return [layout.peer_run(name), layout.prediction(name), layout.prediction_meta(name), layout.prediction_absent(name)]
+
+
+def _peer_missing(name: str, error: ModuleNotFoundError) -> bool:
+    return error.name == f"peers.{name}"
+
+
+def instance_peer_step(ctx: Context, name: str) -> None:
+    """Train the peer ``name`` on the instance split (``peers.<name>.train``: run.json, history.csv, weights;
+    resumable), then write its COCO results on the validation images with the evaluation's detection cap.
+
+    A peer whose package cannot be imported here (``PeerUnavailable``) does not fail the run: the step
+    writes ``<name>.absent.json`` with the reason and says so in one line; every table marks the row absent.
+    """
+    import peers
+    from data.lifecycle import RunControl
+    from data.outputs import write_json
+
+    layout, instance = ctx.layout, ctx.settings.instance
+    try:
+        module = peers.peer_module(name)
+        settings = settings_of(module.SETTINGS, getattr(instance.peers, name))
+        if PEER_FRAMEWORKS[name] is Framework.TENSORFLOW:
+            from keras_semseg.tf_env import set_environment
+
+            set_environment()
+        split = ctx.split("instance")
+        record = module.train(settings, ctx.dataset("instance"), split, layout.peer_run(name),
+                              RunControl(resume=ctx.resume, overwrite=ctx.overwrite, quiet=True,
+                                         split_path=str(layout.split_json("instance"))))
+        module.predict_to_coco(layout.peer_run(name), ctx.dataset("instance"), split["val"], layout.prediction("gt"),
+                               layout.prediction(name), device=_device(instance.device), overwrite=True,
+                               max_detections=max(instance.evaluation.max_dets.values()), quiet=True)
+    except (peers.PeerUnavailable, ModuleNotFoundError) as error:
+        if isinstance(error, ModuleNotFoundError) and not _peer_missing(name, error):
+            raise
+        reason = error.problem if isinstance(error, peers.PeerUnavailable) else f"peers/{name}.py is not in this installation"
+        write_json(layout.prediction_absent(name), {"method": name, "reason": reason, "package": peers.PACKAGES[name]})
+        print(f"{name}: absent ({reason}); its rows are marked absent in the tables, tests and report")
+        return
+    layout.prediction_absent(name).unlink(missing_ok=True)
+    print(f"{name}: status {record.get('status')}, best epoch {record.get('best_epoch')} -> {layout.peer_run(name)}; "
+          f"{len(split['val'])} validation images -> {layout.prediction(name)}")
+
+
+def _present(ctx: Context) -> tuple[list[str], dict[str, str]]:
+    """(the instance methods with results, ``{method: why}`` of those marked absent), each absent one said in a line."""
+    methods = instance_methods(ctx.settings.instance)
+    absent = absent_methods(ctx.layout, methods)
+    for method, reason in absent.items():
+        print(f"{method}: absent ({reason})")
+    return [method for method in methods if method not in absent], absent
+
+
 def instance_eval_step(ctx: Context) -> None:
     from torch_instseg.evaluate import run_evaluation
 
     evaluation = ctx.settings.instance.evaluation
-    for method in instance_methods(ctx.settings.instance):
+    for method in _present(ctx)[0]:
         for interpolation in evaluation.interpolations:
             out = ctx.layout.evaluation(method, interpolation)
             run_evaluation(ctx.layout.prediction("gt"), ctx.layout.prediction(method), out, interpolation=interpolation,
@@ -516,12 +595,18 @@ def instance_table_step(ctx: Context) -> None:
 
     evaluation = ctx.settings.instance.evaluation
     gt = _ground_truth(ctx)
-    results = {method: ctx.layout.prediction(method) for method in instance_methods(ctx.settings.instance)}
+    present, absent = _present(ctx)
+    results = {method: ctx.layout.prediction(method) for method in present}
     frames = []
     for interpolation in evaluation.interpolations:
         frame = instance_table(gt, results, max_dets=evaluation.max_dets[interpolation], interpolation=interpolation)
         if "interpolation" not in frame.columns:
             frame.insert(0, "interpolation", interpolation)
+        if absent:
+            frame["absent"] = ""
+            rows = pd.DataFrame({"method": list(absent), "interpolation": interpolation,
+                                 "max_dets": evaluation.max_dets[interpolation], "absent": list(absent.values())})
+            frame = pd.concat([frame, rows], ignore_index=True)
         frames.append(frame)
     table = pd.concat(frames, ignore_index=True)
     write_csv(ctx.layout.instance_table, table)
@@ -535,7 +620,7 @@ def instance_per_image(ctx: Context, interpolation: int):
     gt = _ground_truth(ctx)
     stems = {image["id"]: Path(image["file_name"]).stem for image in gt.get("images", [])}
     parts = []
-    for method in instance_methods(ctx.settings.instance):
+    for method in _present(ctx)[0]:
         frame = pd.read_csv(ctx.layout.evaluation_per_image(method, interpolation))
         if "image" not in frame.columns:
             frame["image"] = frame["image_id"].map(stems)
@@ -555,7 +640,10 @@ def instance_stats_step(ctx: Context) -> None:
                        "raise instance.split.val_fraction or the number of images")
     ctx.layout.instance_stats.mkdir(parents=True, exist_ok=True)
     write_csv(ctx.layout.stats_table("instance", "per_image_ap"), frame.assign(interpolation=interpolation))
-    result = analyse(frame, ["ap"], ctx.layout.instance_stats, posthoc=ctx.settings.stats.posthoc, overwrite=True)
+    absent = absent_methods(ctx.layout, instance_methods(ctx.settings.instance))
+    notes = [f"{method}: absent, not in the tests ({reason})" for method, reason in absent.items()]
+    result = analyse(frame, ["ap"], ctx.layout.instance_stats, posthoc=ctx.settings.stats.posthoc, overwrite=True,
+                     notes=notes)
     print(f"per-image AP ({interpolation}):")
     print(result["tests"].to_string(index=False))
 
@@ -565,7 +653,7 @@ def instance_figures_step(ctx: Context) -> None:
 
     i = ctx.settings.instance
     names = ctx.split("instance")["val"][: i.figure_images]
-    results = {method: ctx.layout.prediction(method) for method in instance_methods(i)}
+    results = {method: ctx.layout.prediction(method) for method in _present(ctx)[0]}
     instance_figure(ctx.samples("instance", names), _ground_truth(ctx), results, ctx.layout.figure_stem(INSTANCE_FIGURE),
                     n_images=i.figure_images)
     print(f"instance figure -> {ctx.layout.figures}")

@@ -21,7 +21,7 @@ def write(tmp_path: Path, text: str, name: str = "run.yaml") -> Path:
 
 
 def test_presets_exist_once_and_load_through_configs():
-    assert available_presets() == ["paper", "small", "tiny"]
+    assert available_presets() == ["paper", "small", "tiny", "usiigaci"]
     top = ROOT / "configs"
     assert top.is_symlink() and top.resolve() == PRESET_DIR.resolve(), "configs/ is the link to mscseg/configs/, not a copy"
     for name in available_presets():
@@ -47,7 +47,8 @@ def test_small_is_the_default_and_untrained_is_labelled():
     assert settings.semantic.dataset.synthetic is not None and settings.instance.dataset.synthetic.density == "sparse"
     assert settings.semantic.encoder_weights is None and settings.instance.weights is None
     assert settings.instance.sam.checkpoint is None
-    assert len(settings.untrained) == 4 and settings.synthetic
+    peers = [part for part in settings.untrained if part.endswith("trained from random weights (no released model)")]
+    assert len(settings.untrained) == 4 + len(peers) and settings.synthetic
     assert "fine-tuned from random weights" in settings.untrained[3]
 
 
@@ -150,3 +151,36 @@ def test_published_instance_table_matches_spec():
     for key, values in spec.items():
         assert tuple(table.loc[key, columns]) == pytest.approx(values, abs=1e-9)
     assert set(table["convention"]) == {"11-point interpolation, IoU 0.50:0.95"}
+
+
+def test_usiigaci_preset_gives_every_trained_model_the_same_budget_from_random_weights():
+    from mscseg.config import enabled_peers
+    from mscseg.steps import build_steps
+
+    settings = load_config("usiigaci")
+    instance = settings.instance
+    budgets = {"semantic": settings.semantic.max_minutes, "maskrcnn": instance.max_minutes,
+               "sam_finetune": instance.sam_finetune.max_minutes,
+               **{name: getattr(instance.peers, name).max_minutes for name in enabled_peers(instance)}}
+    assert enabled_peers(instance) == ["cellpose", "stardist"] and set(budgets.values()) == {5.0}, budgets
+    assert len(settings.untrained) == 6 and not settings.synthetic
+    trained = [s.name for s in build_steps(settings) if s.resumable]
+    assert len(trained) == len(settings.semantic.models) + 4
+    assert settings.semantic.dataset.path == instance.dataset.path and instance.split == settings.semantic.split
+
+
+@pytest.mark.realdata
+def test_usiigaci_preset_reads_the_real_micrographs_and_splits_them(usiigaci_root):
+    from data import make_split, read_dataset
+
+    settings = load_config("usiigaci")
+    spec = settings.instance.dataset
+    assert Path(spec.path).name == "train" and Path(spec.path).parent.name == "usiigaci"
+    dataset = read_dataset(usiigaci_root / "train", spec.format, **spec.options)
+    assert len(dataset) == 45 and dataset.format == "per_sample"
+    sample = dataset.get("set1")
+    assert sample.image.ndim == 3 and sample.image.shape[2] == 3 and min(sample.image.shape[:2]) > 1000
+    assert sample.image.dtype == "float32" and 0.0 <= sample.image.min() and sample.image.max() <= 1.0
+    assert sample.labels.shape == sample.image.shape[:2] and sample.labels.max() > 10
+    split = make_split(dataset.names, settings.instance.split.val_fraction, settings.instance.split.seed)
+    assert (len(split["train"]), len(split["val"])) == (36, 9)

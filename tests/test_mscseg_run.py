@@ -13,9 +13,9 @@ import pytest
 
 from data import DatasetError
 from mscseg import run as runner
-from mscseg.config import load_config
+from mscseg.config import enabled_peers, load_config
 from mscseg.layout import Layout
-from mscseg.steps import Step, instance_methods
+from mscseg.steps import Step, absent_methods, instance_methods
 
 CALLS: list[tuple[str, bool, bool]] = []
 BEHAVIOUR: dict[str, str] = {}
@@ -239,13 +239,13 @@ def test_real_steps_of_the_tiny_preset():
     assert [s.name for s in steps] == [
         "data", "split", "semantic_train_unet", "semantic_train_deeplabv3plus", "semantic_train_segnet",
         "semantic_train_maskrcnn", "semantic_sweep", "semantic_stats", "semantic_figures", "instance_train",
-        "instance_predict", "instance_sam", "instance_sam_finetune", "instance_eval", "instance_table", "instance_stats",
-        "instance_figures", "report",
+        "instance_predict", "instance_sam", "instance_sam_finetune", "instance_peer_cellpose", "instance_peer_stardist",
+        "instance_eval", "instance_table", "instance_stats", "instance_figures", "report",
     ]
     layout = Layout(Path("r"))
     assert layout.evaluation("sam_box", 11) == Path("r/instance/eval/sam_box/11point")
     assert all(s.resumable == s.name.endswith(("_unet", "_deeplabv3plus", "_segnet", "_maskrcnn", "instance_train",
-                                               "instance_sam_finetune"))
+                                               "instance_sam_finetune", "_cellpose", "_stardist"))
                for s in steps)
 
 
@@ -291,15 +291,23 @@ def test_tiny_end_to_end_writes_every_file_of_the_layout(tiny_run, capsys, monke
     monkeypatch.delenv("MSCSEG_CALLER_CWD", raising=False)
     settings = load_config("tiny")
     steps = [s.name for s in runner.build_steps(settings)]
+    absent = absent_methods(Layout(tiny_run), instance_methods(settings.instance))   # a peer whose package is missing
+    methods = [m for m in instance_methods(settings.instance) if m not in absent]
     missing = []
     for pattern in EXPECTED_FILES:
         for model in (settings.semantic.models if "{model}" in pattern else [None]):
-            for method in (instance_methods(settings.instance) if "{method}" in pattern else [None]):
+            for method in (methods if "{method}" in pattern else [None]):
                 for step in (steps if "{step}" in pattern else [None]):
                     path = tiny_run / pattern.format(model=model, method=method, step=step)
                     if not path.is_file():
                         missing.append(str(path.relative_to(tiny_run)))
     assert missing == []
+    layout = Layout(tiny_run)
+    for peer in enabled_peers(settings.instance):
+        files = ([layout.prediction_absent(peer)] if peer in absent else
+                 [layout.peer_run(peer) / "run.json", layout.peer_run(peer) / "history.csv", layout.prediction(peer),
+                  layout.prediction_meta(peer)])
+        assert all(path.is_file() for path in files), files
     probs = sorted(p.stem for p in (tiny_run / "semantic" / "unet" / "probs").glob("*.npy"))
     assert probs == json.loads((tiny_run / "split.json").read_text())["val"]
     stamps = [json.loads((tiny_run / ".stamps" / f"{s}.json").read_text()) for s in steps]

@@ -131,9 +131,9 @@ def test_the_refusal_lists_exactly_the_steps_overwrite_replaces(tmp_path, name, 
 def test_framework_steps_are_the_ones_importing_tensorflow_or_torch():
     frameworks = {step.name: step.framework for step in build_steps(load_config("tiny"))}
     assert {n for n, f in frameworks.items() if f is Framework.TENSORFLOW} == {
-        f"semantic_train_{m}" for m in ("unet", "deeplabv3plus", "segnet", "maskrcnn")}
+        f"semantic_train_{m}" for m in ("unet", "deeplabv3plus", "segnet", "maskrcnn")} | {"instance_peer_stardist"}
     assert {n for n, f in frameworks.items() if f is Framework.TORCH} == {"instance_train", "instance_predict", "instance_sam",
-                                                                                 "instance_sam_finetune"}
+                                                                                 "instance_sam_finetune", "instance_peer_cellpose"}
 
 
 # ---------------------------------------------------------------- steps in their own process

@@ -15,7 +15,13 @@ scheduler multiplies the lr by 0.1 after 5 epochs without improvement of the val
 loss; a linear warm-up over the first epoch (torchvision's reference recipe);
 a rotation, when drawn, turns by 90, 180 or 270 degrees with equal chance; the
 validation loss is computed in train mode (torchvision returns losses only there)
-under ``torch.no_grad`` with every BatchNorm layer in eval mode and a fixed seed.
+under ``torch.no_grad`` with every BatchNorm layer in eval mode and a fixed seed; each
+epoch's order is a permutation drawn from (seed, epoch), its last batch filled by wrapping
+around, so a resumed run sees the order of an uninterrupted one.
+
+Several processes (``torchrun --nproc_per_node N -m torch_instseg.maskrcnn ...``): DDP, the
+global batch ``batch_size`` split over the processes, rank 0 validating and writing
+(``torch_instseg.distributed``); a run resumes on any number of processes.
 
 Outputs of a run (``out_dir``): ``run.json`` (every setting, versions, wall time,
 split), ``history.csv`` (one row per epoch), ``best.pt`` and ``last.pt``.
@@ -35,7 +41,8 @@ from data.outputs import check_can_write
 from data.run_record import library_versions
 from data.settings import add_arguments, from_arguments
 
-from .errors import InstsegError
+from .distributed import launch_environment
+from .errors import InstsegError  # noqa: F401
 from .maskrcnn_data import (InstanceTrainingSet, apply_augmentation, augment, collate, labels_to_instances,  # noqa: F401
                             masks_to_boxes, random_augmentation, resize_sample, to_model_inputs)
 from .maskrcnn_model import MODEL_NAME, build_maskrcnn, freeze_batchnorm, import_torch, read_state_dict, resolve_device  # noqa: F401
@@ -64,33 +71,37 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--predictions", default=None, help="also write gt.json and maskrcnn.json for the validation images here")
     parser.add_argument("--resume", action="store_true")
     parser.add_argument("--overwrite", action="store_true")
-    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: cuda if available)")
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: cuda if available; under torchrun "
+                                                         "cuda:LOCAL_RANK)")
     parser.add_argument("--quiet", action="store_true")
     return parser
 
 
 def _main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if _distributed()[1] == 0:
+    processes = launch_environment()
+    if processes.main:
         lock_output_folder(args.out)
     options = dict(args.model_options, **({} if args.head_channels is None else {"head_channels": args.head_channels}))
     settings = from_arguments(MaskRCNNSettings, args, model_options=options)
     settings.checked()
     try:
-        from data.split import load_or_make_split, read_split
+        from data.split import make_split, read_split, write_split
 
         dataset = open_dataset(args)
-        world, rank, _ = _distributed()
-        if world > 1 and not Path(args.split).is_file():
-            raise InstsegError(f"{args.split}: split file missing; make it before a distributed run")
-        split = load_or_make_split(args.split, dataset.names, seed=args.seed, source=str(args.data)) if rank == 0 else read_split(args.split, dataset.names)
-        if args.predictions and rank == 0:
+        if Path(args.split).is_file():
+            split = read_split(args.split, dataset.names)
+        else:
+            split = make_split(dataset.names, seed=args.seed, source=str(args.data))
+            if processes.main:
+                write_split(args.split, split)
+        if args.predictions and processes.main:
             for name in ("gt.json", "maskrcnn.json"):
                 if not args.resume:
                     check_can_write(Path(args.predictions) / name, args.overwrite)
         record = train_maskrcnn(dataset, split, args.out, settings, resume=args.resume, overwrite=args.overwrite,
-                                device=args.device, quiet=args.quiet, split_path=args.split)
-        if args.predictions and rank == 0 and split["val"]:
+                                device=args.device, quiet=args.quiet or not processes.main, split_path=args.split)
+        if args.predictions and processes.main and split["val"]:
             from . import coco
 
             predictions = Path(args.predictions)
@@ -99,7 +110,7 @@ def _main(argv: Sequence[str] | None = None) -> int:
             coco.write_coco(predictions / "gt.json", gt)
             predict_to_coco(args.out, dataset, split["val"], gt, predictions / "maskrcnn.json", device=args.device,
                             overwrite=args.overwrite or args.resume, quiet=args.quiet)
-        if rank == 0:
+        if processes.main:
             print(summary(record, args.out))
     finally:
         _end_distributed()

@@ -7,9 +7,9 @@ torch is imported inside functions only.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import os
-import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -18,11 +18,14 @@ import numpy as np
 
 from data.geometry import maskrcnn_training_geometry
 from data.lifecycle import EpochSteps, RunControl, RunSpec, TrainingRun, open_run, run_epochs
+from data.outputs import named_os_error
 from data.run_record import HISTORY_CSV, RUN_JSON, RunRecord
 
+from .distributed import (Processes, barrier, batch_per_process, launch_environment, on_main, open_shared_run, run_batches, start,
+                          stop, training_loader, wrap)
 from .errors import InstsegError
 from .maskrcnn_data import InstanceTrainingSet, collate, resize_sample
-from .maskrcnn_model import MODEL_NAME, build_maskrcnn, freeze_batchnorm, import_torch, resolve_device
+from .maskrcnn_model import MODEL_NAME, build_maskrcnn, freeze_batchnorm, import_torch
 from .reproducible import make_reproducible
 from .settings import MASKRCNN_RESUME_MUST_MATCH, MaskRCNNSettings
 from .weights import COCO_WEIGHTS_FILE, ensure_coco_weights
@@ -58,50 +61,24 @@ def _load_arrays(dataset, names: Sequence[str], image_size: int | None) -> tuple
 
 
 def _distributed() -> tuple[int, int, int]:
-    """(world size, rank, local rank) from torchrun's environment."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    return world, int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
+    """(world size, rank, local rank) from torchrun's environment (``distributed.launch_environment``)."""
+    processes = launch_environment()
+    return processes.world, processes.rank, processes.local_rank
 
 
-def _epoch_losses(model, loader, device, optimizer=None, warmup=None, progress=None) -> dict[str, float]:
-    """Mean of each loss component over the batches (weighted by batch size); trains when an optimizer is given."""
-    import torch
+def _epoch_losses(model, loader, device, optimizer=None, warmup=None, progress=None,
+                  processes: Processes = Processes()) -> dict[str, float]:
+    """Mean of each loss component over the images of every process; trains when an optimizer is given."""
 
-    sums = dict.fromkeys(("loss",) + LOSS_COMPONENTS, 0.0)
-    count = 0
-    for images, targets in loader:
+    def losses_of(batch) -> tuple[dict, int]:
+        images, targets = batch
         images = [image.to(device, non_blocking=True) for image in images]
         targets = [{key: value.to(device, non_blocking=True) for key, value in target.items()} for target in targets]
-        if optimizer is not None:
-            if warmup is not None:
-                warmup()
-            loss_dict = model(images, targets)
-            loss = sum(loss_dict.values())
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"loss is {loss.item()}")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-        else:
-            with torch.no_grad():
-                loss_dict = model(images, targets)
-                loss = sum(loss_dict.values())
-        size = len(images)
-        count += size
-        sums["loss"] += float(loss.detach()) * size
-        for name in LOSS_COMPONENTS:
-            if name in loss_dict:
-                sums[name] += float(loss_dict[name].detach()) * size
-        if progress is not None:
-            progress.update(1)
-            progress.set_postfix(loss=f"{sums['loss'] / count:.3f}")
-    totals = torch.tensor([sums[key] for key in sums] + [float(count)], dtype=torch.float64, device=device)
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.all_reduce(totals)
-    count_all = float(totals[-1])
-    if count_all == 0:
-        return {key: float("nan") for key in sums}
-    return {key: float(totals[i]) / count_all for i, key in enumerate(sums)}
+        loss_dict = model(images, targets)
+        zero = next(iter(loss_dict.values())) * 0.0
+        return {"loss": sum(loss_dict.values()), **{name: loss_dict.get(name, zero) for name in LOSS_COMPONENTS}}, len(images)
+
+    return run_batches(loader, losses_of, processes, device, optimizer, warmup, progress)
 
 
 def check_training_inputs(settings: MaskRCNNSettings, split: dict, split_path: str | Path | None, resume: bool,
@@ -153,37 +130,18 @@ def build_training_state(settings: MaskRCNNSettings, device, out_dir: Path, resu
     return state
 
 
-def _resolve_training_device(device: str | None, local_rank: int, world: int):
-    import torch
-
-    if world > 1 and not torch.distributed.is_initialized():
-        backend = "nccl" if (device in (None, "cuda", "auto") and torch.cuda.is_available()) else "gloo"
-        torch.distributed.init_process_group(backend=backend)
-    if world > 1 and torch.cuda.is_available() and device in (None, "cuda", "auto"):
-        torch_device = torch.device("cuda", local_rank)
-        torch.cuda.set_device(torch_device)
-        return torch_device
-    return resolve_device(device)
-
-
-def _loaders(settings: MaskRCNNSettings, arrays: tuple, device, world: int):
-    """(train loader, its sampler or None, validation loader or None)."""
+def _loaders(settings: MaskRCNNSettings, arrays: tuple, device, processes: Processes = Processes()):
+    """(train loader, its sampler, validation loader or None); the training batches are ``distributed``'s global batches."""
     import torch
 
     train_images, train_labels, val_images, val_labels = arrays
     train_set = InstanceTrainingSet(train_images, train_labels, settings.augmentation, settings.seed)
     val_set = InstanceTrainingSet(val_images, val_labels, None, settings.seed)
-    train_sampler = val_sampler = None
-    if world > 1:
-        from torch.utils.data.distributed import DistributedSampler
-
-        train_sampler = DistributedSampler(train_set, shuffle=True, seed=settings.seed)
-        val_sampler = DistributedSampler(val_set, shuffle=False) if len(val_set) else None
-    options = {"batch_size": settings.batch_size, "collate_fn": collate, "num_workers": settings.num_workers,
-               "pin_memory": device.type == "cuda"}
-    train_loader = torch.utils.data.DataLoader(train_set, shuffle=train_sampler is None, sampler=train_sampler,
-                                               generator=torch.Generator().manual_seed(settings.seed), **options)
-    val_loader = torch.utils.data.DataLoader(val_set, shuffle=False, sampler=val_sampler, **options) if len(val_set) else None
+    options = {"collate_fn": collate, "num_workers": settings.num_workers, "pin_memory": device.type == "cuda"}
+    train_loader, train_sampler = training_loader(train_set, settings.batch_size, processes, settings.seed, **options)
+    val_loader = None
+    if len(val_set):
+        val_loader = torch.utils.data.DataLoader(val_set, batch_size=settings.batch_size, shuffle=False, **options)
     return train_loader, train_sampler, val_loader
 
 
@@ -216,17 +174,21 @@ def make_warmup(optimizer, total: int, start_iteration: int, decay_until: int | 
     return warmup
 
 
-def train_one_epoch(net, loader, sampler, device, optimizer, warmup, epoch: int, progress) -> dict[str, float]:
-    """Mean training losses of one epoch (augmentation drawn for ``epoch``)."""
+def train_one_epoch(net, loader, sampler, device, optimizer, warmup, epoch: int, progress,
+                    processes: Processes = Processes()) -> dict[str, float]:
+    """Mean training losses of one epoch over every process (order and augmentation drawn for ``epoch``)."""
     loader.dataset.set_epoch(epoch)
     if sampler is not None:
         sampler.set_epoch(epoch)
     net.train()
-    return _epoch_losses(net, loader, device, optimizer, warmup, progress)
+    return _epoch_losses(net, loader, device, optimizer, warmup, progress, processes)
 
 
 def evaluate_loss(net, loader, device, seed: int) -> dict[str, float]:
-    """Mean validation losses: train mode (torchvision returns losses only there), BatchNorm frozen, no gradients, fixed seed."""
+    """Mean validation losses: train mode (torchvision returns losses only there), BatchNorm frozen, no gradients, fixed seed.
+
+    net: the model itself, not its DDP wrapper (rank 0 validates alone).
+    """
     import torch
 
     net.train()
@@ -237,16 +199,40 @@ def evaluate_loss(net, loader, device, seed: int) -> dict[str, float]:
 
 
 def save_checkpoint(out_dir: Path, state: TrainingState, epoch: int, improved: bool, monitored: float) -> None:
-    """``last.pt`` (model, optimiser, scheduler, counters) and, when ``improved``, ``best.pt``, each atomically."""
+    """``last.pt`` (model, optimiser, scheduler, counters) and, when ``improved``, ``best.pt``.
+
+    Both are written to ``<name>.partial`` first and renamed only when every write succeeded: on
+    a failure (a full disk: ``OSError`` naming the checkpoint) the partial files are removed and
+    the previous checkpoints are left as they were.
+    """
+    weights = state.model.state_dict()
+    checkpoints = {}
+    if improved:
+        checkpoints[out_dir / "best.pt"] = {"model": weights, "epoch": epoch, "monitored_loss": monitored}
+    checkpoints[out_dir / "last.pt"] = {"model": weights, "optimizer": state.optimizer.state_dict(),
+                                        "scheduler": state.scheduler.state_dict(), "epoch": epoch,
+                                        "best_loss": state.best_loss, "best_epoch": state.best_epoch}
+    _save_together(checkpoints)
+
+
+def _save_together(checkpoints: dict[Path, dict]) -> None:
+    """``torch.save`` each checkpoint to its partial file, then rename them all; on a failure none changes."""
     import torch
 
-    weights = state.model.state_dict()
-    if improved:
-        torch.save({"model": weights, "epoch": epoch, "monitored_loss": monitored}, _partial(out_dir / "best.pt"))
-        os.replace(_partial(out_dir / "best.pt"), out_dir / "best.pt")
-    torch.save({"model": weights, "optimizer": state.optimizer.state_dict(), "scheduler": state.scheduler.state_dict(),
-                "epoch": epoch, "best_loss": state.best_loss, "best_epoch": state.best_epoch}, _partial(out_dir / "last.pt"))
-    os.replace(_partial(out_dir / "last.pt"), out_dir / "last.pt")
+    partials: list[Path] = []
+    try:
+        for path, content in checkpoints.items():
+            partials.append(_partial(path))
+            torch.save(content, str(partials[-1]))
+    except BaseException as error:
+        for partial in partials:
+            with contextlib.suppress(OSError):
+                partial.unlink()
+        if isinstance(error, OSError):
+            raise named_os_error(error, path) from None
+        raise
+    for path in checkpoints:
+        os.replace(_partial(path), path)
 
 
 def _history_row(epoch: int, train: dict[str, float], val: dict[str, float] | None, lr: float, seconds: float) -> dict:
@@ -278,46 +264,46 @@ def train_maskrcnn(
     """
     control = RunControl.taken_from(control, options)
     resume, overwrite, quiet, split_path = control.resume, control.overwrite, control.quiet, control.split_path
-    torch, _ = import_torch()
+    import_torch()
     try:
         settings = replace(settings or MaskRCNNSettings(), **options).checked()
     except TypeError as error:
         raise InstsegError(f"unknown Mask R-CNN setting ({error})") from None
-    world, rank, local_rank = _distributed()
     train_names, val_names = list(split.get("train", [])), list(split.get("val", []))
     split_record = {"path": str(split_path) if split_path else None, "seed": split.get("seed"),
                     "train": train_names, "val": val_names}
-    run = open_run(out_dir, run_spec(settings, split_record), resume, overwrite, writes=rank == 0)
+    processes, torch_device = start(device)
+    batch_per_process(settings.batch_size, processes)
+    run = open_shared_run(out_dir, run_spec(settings, split_record), resume, overwrite, processes)
     if run.done:
         return run.record.to_dict()
     check_training_inputs(settings, split, split_path, run.start_epoch > 0, download)
     arrays = (*_load_arrays(dataset, train_names, settings.image_size), *_load_arrays(dataset, val_names, settings.image_size))
-    torch_device = _resolve_training_device(device, local_rank, world)
     reproducibility = make_reproducible(settings.deterministic)
     state = build_training_state(settings, torch_device, run.out_dir, run.start_epoch > 0, download)
-    loaders = _loaders(settings, arrays, torch_device, world)
-    net = state.model
-    if world > 1:
-        net = torch.nn.parallel.DistributedDataParallel(state.model, device_ids=[torch_device.index] if torch_device.type == "cuda" else None)
+    loaders = _loaders(settings, arrays, torch_device, processes)
+    net = wrap(state.model, processes, torch_device)
     run.start({
         "task": "instance segmentation (2 classes: background, cell)",
         "weights_source": settings.weights if settings.weights != "coco" else f"coco ({COCO_WEIGHTS_FILE})",
-        "n_train": len(train_names), "n_val": len(val_names), "device": str(torch_device), "world_size": world,
+        "n_train": len(train_names), "n_val": len(val_names), "device": str(torch_device), **processes.record(settings.batch_size),
         "files": {"best": "best.pt", "last": "last.pt", "history": HISTORY_CSV},
         "best_by": "val_loss" if loaders[2] is not None else "train_loss (no validation images)",
         "reproducibility": reproducibility,
         "geometry": maskrcnn_training_geometry(dataset, train_names, settings.image_size, settings.min_size, settings.max_size),
     })
-    record = run_epochs(run, epoch_steps(settings, state, net, loaders, torch_device, run, not quiet and rank == 0),
-                        show=not quiet and rank == 0)
-    if world > 1:
-        torch.distributed.barrier()
+    show = not quiet and processes.main
+    record = run_epochs(run, epoch_steps(settings, state, net, loaders, torch_device, run, show, processes), show=show)
+    barrier(processes)
     return record
 
 
 def epoch_steps(settings: MaskRCNNSettings, state: TrainingState, net, loaders: tuple, device, run: TrainingRun,
-                show: bool) -> EpochSteps:
-    """Mask R-CNN's "train one epoch", "evaluate", plateau step and checkpoint for ``data.lifecycle.run_epochs``."""
+                show: bool, processes: Processes = Processes()) -> EpochSteps:
+    """Mask R-CNN's "train one epoch", "evaluate", plateau step and checkpoint for ``data.lifecycle.run_epochs``.
+
+    net: ``state.model`` or its DDP wrapper; rank 0 validates ``state.model`` and every process gets its losses.
+    """
     from tqdm.auto import tqdm
 
     train_loader, train_sampler, val_loader = loaders
@@ -330,7 +316,8 @@ def epoch_steps(settings: MaskRCNNSettings, state: TrainingState, net, loaders: 
     def train(epoch: int) -> dict[str, float]:
         with tqdm(total=iterations, desc=f"epoch {epoch}/{settings.epochs}", leave=False, disable=not show) as batches:
             try:
-                losses = train_one_epoch(net, train_loader, train_sampler, device, state.optimizer, warmup, epoch - 1, batches)
+                losses = train_one_epoch(net, train_loader, train_sampler, device, state.optimizer, warmup, epoch - 1, batches,
+                                         processes)
             except FloatingPointError as error:
                 raise InstsegError(f"training diverged at epoch {epoch} ({error}); lower --lr (last.pt keeps the last good epoch)",
                                    run.out_dir) from None
@@ -348,8 +335,12 @@ def epoch_steps(settings: MaskRCNNSettings, state: TrainingState, net, loaders: 
         state.best_loss, state.best_epoch = run.best_loss, run.best_epoch
         save_checkpoint(run.out_dir, state, epoch, improved, monitored)
 
-    return EpochSteps(train=train, evaluate=lambda epoch: evaluate_loss(net, val_loader, device, settings.seed) if val_loader is not None else None,
-                      save=save, row=row, adjust=adjust)
+    def evaluate(epoch: int) -> dict[str, float] | None:
+        if val_loader is None:
+            return None
+        return on_main(lambda: evaluate_loss(state.model, val_loader, device, settings.seed), processes)
+
+    return EpochSteps(train=train, evaluate=evaluate, save=save, row=row, adjust=adjust)
 
 
 def _partial(path: Path) -> Path:
@@ -358,6 +349,4 @@ def _partial(path: Path) -> Path:
 
 
 def _end_distributed() -> None:
-    torch = sys.modules.get("torch")
-    if torch is not None and torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.destroy_process_group()
+    stop()

@@ -129,8 +129,9 @@ def embedding_key(settings: FinetuneSettings, image_size: int, names: Sequence[s
             "image_size": image_size, "names": sorted(names)}
 
 
-def load_or_embed(sam, dataset, names: Sequence[str], cache_path: Path | None, key: dict, quiet: bool = True) -> dict[str, Any]:
-    """Embeddings from ``cache_path`` when its key matches, else computed (and saved there when a path is given)."""
+def load_or_embed(sam, dataset, names: Sequence[str], cache_path: Path | None, key: dict, quiet: bool = True,
+                  write: bool = True) -> dict[str, Any]:
+    """Embeddings from ``cache_path`` when its key matches, else computed (and saved there when a path is given and ``write``)."""
     import torch
 
     if cache_path is not None and cache_path.is_file():
@@ -141,7 +142,7 @@ def load_or_embed(sam, dataset, names: Sequence[str], cache_path: Path | None, k
         if isinstance(cached, dict) and cached.get("key") == key:
             return cached["embeddings"]
     embeddings = embed_all(sam, dataset, names, quiet)
-    if cache_path is not None:
+    if cache_path is not None and write:
         _atomic_torch_save({"key": key, "embeddings": embeddings}, cache_path)
     return embeddings
 

@@ -34,6 +34,10 @@ a CPU by default:
   (``embeddings.pt`` in the run folder, reused on resume) and a step costs the decoder
   alone; ``all``: the image encoder is trained too (a GPU job; the embedding is computed
   every step). No augmentation: a cached embedding fixes the image.
+- Several processes (``torchrun --nproc_per_node N -m torch_instseg.sam_finetune ...``): a
+  step takes one image per process (a global batch of N images, gradients averaged by DDP,
+  the learning rate unchanged), rank 0 validates and writes (``torch_instseg.distributed``);
+  a run resumes on any number of processes.
 - AdamW at a constant learning rate; validation loss every epoch with prompts drawn from a
   fixed seed, so epochs compare; ``best.pth`` (lowest validation loss) and ``last.pth``
   are plain SAM state dicts (``build_sam`` and ``segment_anything.sam_model_registry``
@@ -50,9 +54,11 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from data.lifecycle import EpochSteps, RunSpec, TrainingRun, open_run, run_epochs, summary
+from data.lifecycle import EpochSteps, RunSpec, TrainingRun, run_epochs, summary
 from data.outputs import check_can_write
 
+from .distributed import (Processes, barrier, launch_environment, mean_over_processes, on_main, open_shared_run, spread, start,
+                          stop, whole_batches, wrap_calls)
 from .errors import InstsegError
 from .reproducible import make_reproducible
 from .sam_data import (TrainingImage, _atomic_torch_save, check_training_data, compute_embedding, embed_all,  # noqa: F401
@@ -147,19 +153,34 @@ def _mean_rows(rows: list[dict[str, float]]) -> dict[str, float]:
 
 
 def train_one_epoch(sam, images: Sequence[TrainingImage], optimizer, settings: FinetuneSettings,
-                    rng: np.random.Generator, embeddings: Mapping[str, Any] | None, progress=None) -> dict[str, float]:
-    """One pass over the training images in random order, one optimizer step per image; mean components."""
+                    rng: np.random.Generator, embeddings: Mapping[str, Any] | None, progress=None, net=None,
+                    processes: Processes = Processes(), epoch: int = 0) -> dict[str, float]:
+    """One pass over the training images in random order, one optimizer step per image and process; mean components.
+
+    One process: the order and the prompts are drawn from ``rng``. Several (``net``: ``sam`` in
+    ``distributed.wrap_calls``): a step takes one image per process (a global batch of world-size
+    images, gradients averaged), the order drawn from ``rng`` (the same on every process) over the
+    images with instances, wrapped around to a whole number of steps, and process r's prompts from
+    (seed, epoch, r); the means are over every process's steps.
+    """
     sam.train()
     if settings.trainable != "all":
         sam.image_encoder.eval()
+    order = rng.permutation(len(images))
+    prompt_rng = rng
+    if processes.distributed:
+        with_instances = order[[len(images[position].targets) > 0 for position in order]]
+        order = spread(whole_batches(with_instances, processes.world), processes).ravel()
+        prompt_rng = np.random.default_rng([settings.seed, epoch, processes.rank])
+    step = net if net is not None else (lambda compute: compute())
     rows = []
-    for position in rng.permutation(len(images)):
+    for position in order:
         image = images[position]
-        chosen = choose_prompts(image, settings.prompts_per_image, rng)
+        chosen = choose_prompts(image, settings.prompts_per_image, prompt_rng)
         if chosen.size == 0:
             continue
-        embedding = image_embedding(sam, image, embeddings)
-        loss, components = prompt_rounds(sam, embedding, image, chosen, settings, rng)
+        loss, components = step(lambda: prompt_rounds(sam, image_embedding(sam, image, embeddings), image, chosen, settings,
+                                                       prompt_rng))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -167,7 +188,10 @@ def train_one_epoch(sam, images: Sequence[TrainingImage], optimizer, settings: F
         if progress is not None:
             progress.update(1)
             progress.set_postfix(loss=f"{components['loss']:.4f}")
-    return _mean_rows(rows)
+    if not processes.distributed:
+        return _mean_rows(rows)
+    return mean_over_processes({name: sum(row[name] for row in rows) for name in (rows[0] if rows else {})}, len(rows), processes,
+                               sam.device)
 
 
 def evaluate_loss(sam, images: Sequence[TrainingImage], settings: FinetuneSettings, seed: int,
@@ -274,30 +298,36 @@ def finetune_sam(dataset, split: Mapping[str, Any], out_dir: str | Path,
     train_names, val_names = list(split["train"]), list(split["val"])
     if not train_names:
         raise InstsegError("the split has no training images", split_path)
-    run = open_run(out_dir, run_spec(settings, _split_record(split, split_path)), resume, overwrite)
+    processes, torch_device = start(device)
+    run = open_shared_run(out_dir, run_spec(settings, _split_record(split, split_path)), resume, overwrite, processes)
     if run.done:
         return run.record.to_dict()
     reproducibility = make_reproducible(settings.deterministic)
-    sam = build_for_training(settings, device, run.out_dir / "last.pth" if run.start_epoch > 0 else None)
+    sam = build_for_training(settings, str(torch_device), run.out_dir / "last.pth" if run.start_epoch > 0 else None)
     image_size = int(sam.image_encoder.img_size)
     check_training_data(dataset, train_names, image_size, "training")
     if val_names:
         check_training_data(dataset, val_names, image_size, "validation")
     images = [[prepare_image(s, image_size, settings.trainable == "all") for s in dataset.subset(names)]
               for names in (train_names, val_names)]
-    if write_split_to is not None:
+    if write_split_to is not None and processes.main:
         from data.split import write_split
 
         write_split(write_split_to, dict(split))
     parameters = set_trainable(sam, settings.trainable)
-    run.start(_details(settings, sam, parameters, images, reproducibility))
+    run.start({**_details(settings, sam, parameters, images, reproducibility), **processes.record(processes.world)})
     began = time.perf_counter()
     embeddings = None
     if settings.trainable != "all":
         key = embedding_key(settings, image_size, train_names + val_names)
-        embeddings = load_or_embed(sam, dataset, train_names + val_names, run.out_dir / "embeddings.pt", key, quiet)
+        embeddings = load_or_embed(sam, dataset, train_names + val_names, run.out_dir / "embeddings.pt", key,
+                                   quiet or not processes.main, write=processes.main)
     run.record.details["embedding_time_s" if run.previous is None else "resume_embedding_time_s"] = round(time.perf_counter() - began, 3)
-    return run_epochs(run, epoch_steps(sam, parameters, images, settings, embeddings, run, quiet), show=not quiet)
+    net = wrap_calls(sam, processes, torch_device) if processes.distributed else None
+    show = not quiet and processes.main
+    record = run_epochs(run, epoch_steps(sam, parameters, images, settings, embeddings, run, not show, net, processes), show=show)
+    barrier(processes)
+    return record
 
 
 def _details(settings: FinetuneSettings, sam, parameters: list, images: list, reproducibility: dict) -> dict[str, Any]:
@@ -314,8 +344,11 @@ def _details(settings: FinetuneSettings, sam, parameters: list, images: list, re
 
 
 def epoch_steps(sam, parameters: list, images: list, settings: FinetuneSettings, embeddings: Mapping[str, Any] | None,
-                run: TrainingRun, quiet: bool) -> EpochSteps:
-    """SAM fine-tuning's "train one epoch", "evaluate" and checkpoint for ``data.lifecycle.run_epochs``."""
+                run: TrainingRun, quiet: bool, net=None, processes: Processes = Processes()) -> EpochSteps:
+    """SAM fine-tuning's "train one epoch", "evaluate" and checkpoint for ``data.lifecycle.run_epochs``.
+
+    net: ``sam`` in ``distributed.wrap_calls`` when several processes train; rank 0 validates and every process gets its losses.
+    """
     import torch
     from tqdm.auto import tqdm
 
@@ -329,10 +362,12 @@ def epoch_steps(sam, parameters: list, images: list, settings: FinetuneSettings,
 
     def train(epoch: int) -> dict[str, float]:
         with tqdm(total=len(train_images), desc=f"sam epoch {epoch}/{settings.epochs}", disable=quiet, leave=False) as progress:
-            return train_one_epoch(sam, train_images, optimizer, settings, rng, embeddings, progress)
+            return train_one_epoch(sam, train_images, optimizer, settings, rng, embeddings, progress, net, processes, epoch)
 
     def evaluate(epoch: int) -> dict[str, float] | None:
-        return evaluate_loss(sam, val_images, settings, settings.seed + 1, embeddings) if val_images else None
+        if not val_images:
+            return None
+        return on_main(lambda: evaluate_loss(sam, val_images, settings, settings.seed + 1, embeddings), processes)
 
     def row(epoch: int, train_losses: Mapping, val_losses: Mapping | None, seconds: float) -> dict:
         return {"epoch": epoch, **{f"train_{k}": v for k, v in train_losses.items()},
@@ -437,7 +472,8 @@ def build_parser():
     parser.add_argument("--split", required=True, help="split JSON (made with seed --seed if it does not exist)")
     parser.add_argument("--out", required=True, help="run folder (run.json, history.csv, best.pth, last.pth, resume.pt)")
     add_arguments(parser, FinetuneSettings)
-    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: cuda if available)")
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: cuda if available; under torchrun "
+                                                         "cuda:LOCAL_RANK)")
     parser.add_argument("--resume", action="store_true")
     parser.add_argument("--overwrite", action="store_true")
     parser.add_argument("--quiet", action="store_true")
@@ -452,7 +488,9 @@ def _main(argv: Sequence[str] | None = None) -> int:
     from data.settings import from_arguments
 
     args = build_parser().parse_args(argv)
-    lock_output_folder(args.out)
+    processes = launch_environment()
+    if processes.main:
+        lock_output_folder(args.out)
     settings = from_arguments(FinetuneSettings, args)
     settings.check()
     dataset = open_dataset(args)
@@ -461,10 +499,14 @@ def _main(argv: Sequence[str] | None = None) -> int:
         split = make_split(dataset.names, seed=args.seed, source=str(args.data))
     else:
         split = read_split(args.split, dataset.names)
-    record = finetune_sam(dataset, split, args.out, settings, device=args.device, resume=args.resume,
-                          overwrite=args.overwrite, quiet=args.quiet, split_path=args.split,
-                          write_split_to=args.split if new_split else None)
-    print(summary(record, args.out))
+    try:
+        record = finetune_sam(dataset, split, args.out, settings, device=args.device, resume=args.resume,
+                              overwrite=args.overwrite, quiet=args.quiet or not processes.main, split_path=args.split,
+                              write_split_to=args.split if new_split else None)
+    finally:
+        stop()
+    if processes.main:
+        print(summary(record, args.out))
     return 0
 
 

@@ -12,8 +12,9 @@
 - a Cellpose or StarDist run folder (``mscseg-run``'s ``instance/cellpose/``, ``instance/stardist/``:
   run.json whose ``trainer`` is the peer): the peer's own model (``peers.<name>.load``) labels each
   whole image (``predict_labels``, the peer's own thresholds); ``--threshold`` (default 0: keep all)
-  drops cells whose peer score is lower. A peer that recorded a training geometry sees each image
-  resized by it, the labels resized back.
+  drops cells whose peer score is lower. The peer resizes each image itself as it did in training
+  (StarDist's ``image_size``, Cellpose's diameter rule; the geometry its run.json records), so images
+  go in at their own size; ``--scale S`` resizes them by S / the training scale first.
 
 Scale and tiles (semantic runs): by default new images meet the model as the training
 images did. ``semseg-train`` records in run.json how it resized (``geometry``: its images'
@@ -293,7 +294,7 @@ def choose_scaling(loaded: LoadedModel, scale: float | None) -> Scaling:
         return Scaling(float(geometry["scale_y"]), float(geometry["scale_x"]), f"{native} resized whole to {size}x{size}")
     if loaded.kind == "peer":
         return Scaling(float(geometry["scale_y"]), float(geometry["scale_x"]),
-                       f"{native} resized by {loaded.name}'s training geometry")
+                       f"{native}, resized by {loaded.name} itself as in training (images go in at their own size)")
     resized = f" resized to {size}x{size}," if size else ""
     return Scaling(float(geometry["scale_y"]), float(geometry["scale_x"]),
                    f"{native}{resized} then by torchvision's internal factor {geometry.get('internal_resize', 1):.4g} "
@@ -353,8 +354,11 @@ def label_image(loaded: "LoadedModel", image: np.ndarray, threshold: float, scal
         labels = components(probability > np.float32(threshold), min_area)
         n_tiles = len(tile_starts(height, tile_px[0], overlap_px[0])) * len(tile_starts(width, tile_px[1], overlap_px[1]))
         return labels, {}, probability, n_tiles
-    scaled = (scaling.scale_y, scaling.scale_x) != (1.0, 1.0)
-    work = resize_image(image, (scaling.scale_y, scaling.scale_x)) if scaled else image
+    factor = (scaling.scale_y, scaling.scale_x)
+    if loaded.kind == "peer" and loaded.geometry:
+        factor = (scaling.scale_y / float(loaded.geometry["scale_y"]), scaling.scale_x / float(loaded.geometry["scale_x"]))
+    scaled = factor != (1.0, 1.0)
+    work = resize_image(image, factor) if scaled else image
     if loaded.kind == "peer":
         labels, scores = peer_labels(loaded, work, threshold)
     else:

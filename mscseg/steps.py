@@ -544,10 +544,6 @@ def instance_peer_step(ctx: Context, name: str) -> None:
     try:
         module = peers.peer_module(name)
         settings = settings_of(module.SETTINGS, getattr(instance.peers, name))
-        if PEER_FRAMEWORKS[name] is Framework.TENSORFLOW:
-            from keras_semseg.tf_env import set_environment
-
-            set_environment()
         split = ctx.split("instance")
         record = module.train(settings, ctx.dataset("instance"), split, layout.peer_run(name),
                               RunControl(resume=ctx.resume, overwrite=ctx.overwrite, quiet=True,

@@ -75,6 +75,13 @@ def test_paper_settings_show_no_banner(tmp_path):
     assert "demo-banner" not in render_report(root)
 
 
+def test_real_data_from_random_weights_says_so_and_names_the_peers(tmp_path):
+    page = render_report(fake_results(tmp_path / "run", preset="usiigaci"))
+    assert 'id="random-weights-banner"' in page and "Real micrographs, networks from random weights" in page
+    assert "Cellpose and StarDist start from random weights (no released model)" in page
+    assert "Demonstration run" not in page and "and the peers Cellpose and StarDist" in page
+
+
 def test_table1_comparison_rows():
     ours = pd.DataFrame({"model": ["maskrcnn"], "dice_mean": [0.8], "dice_std": [0.01], "jaccard_mean": [0.7],
                          "jaccard_std": [0.02], "pixel_accuracy_mean": [0.9], "pixel_accuracy_std": [0.03], "threshold": [0.05]})

@@ -15,14 +15,41 @@ from mscseg import predict
 from mscseg.layout import Layout
 from test_peers_run import ensure_fake_peer_run, patch_peers
 
-pytestmark = pytest.mark.slow
+def test_a_peer_gets_each_image_at_its_own_size_as_in_training_and_scale_is_relative_to_that(monkeypatch):
+    import types
+
+    import numpy as np
+
+    import peers
+
+    seen = []
+
+    def predict_labels(model, image):
+        seen.append(image.shape)
+        labels = np.zeros(image.shape[:2], np.int32)
+        labels[4:20, 4:20], labels[30:34, 30:34] = 1, 2
+        return labels, np.array([0.9, 0.2])
+
+    monkeypatch.setattr(peers, "peer_module", lambda name: types.SimpleNamespace(predict_labels=predict_labels))
+    geometry = {"native_height": 64, "native_width": 64, "scale_y": 0.5, "scale_x": 0.5, "cell_area_px": {"p1": 40.0}}
+    loaded = predict.LoadedModel("peer", "cellpose", None, None, Path("."), geometry)
+    image = np.zeros((64, 64, 3), np.float32)
+    options = predict.PredictOptions()
+    settings = predict.resolve_settings(loaded, options)
+    assert (settings.scaling.scale_y, settings.min_area, settings.tile_px) == (0.5, 20, (0, 0))
+    labels, scores, probability, tiles = predict.label_image(loaded, image, 0.5, settings.scaling, (0, 0), (0, 0), 0, None)
+    assert seen == [(64, 64, 3)] and probability is None and tiles == 1
+    assert scores == {1: 0.9} and int((labels == 1).sum()) == 256 and labels.max() == 1
+    halved = predict.resolve_settings(loaded, predict.PredictOptions(scale=0.25))
+    labels, scores, _, _ = predict.label_image(loaded, image, 0.0, halved.scaling, (0, 0), (0, 0), 0, None)
+    assert seen[-1] == (32, 32, 3) and labels.shape == (64, 64) and scores == {1: 0.9, 2: 0.2} and halved.min_area == 80
 
 
 @pytest.fixture(scope="module")
 def peer_run(tmp_path_factory):
     with pytest.MonkeyPatch.context() as monkeypatch:
         patch_peers(monkeypatch, missing=("stardist",))
-        yield ensure_fake_peer_run(tmp_path_factory, monkeypatch)
+        return ensure_fake_peer_run(tmp_path_factory, monkeypatch)     # the patches end with the run
 
 
 @pytest.fixture
@@ -36,6 +63,7 @@ def _val_images(root: Path) -> list[str]:
     return [str(next((layout.synthetic_data("instance") / "images").glob(f"{name}.*"))) for name in names]
 
 
+@pytest.mark.slow
 def test_a_peer_run_gives_counts_cells_overlays_exports_and_the_same_coco_results_as_the_run(peer_run, patched, tmp_path,
                                                                                             capsys):
     from torch_instseg.evaluate import instance_table
@@ -65,6 +93,7 @@ def test_a_peer_run_gives_counts_cells_overlays_exports_and_the_same_coco_result
     assert table["mAP"].iloc[0] == pytest.approx(table["mAP"].iloc[1], abs=1e-12) and table["AP50"].iloc[0] > 0.05
 
 
+@pytest.mark.slow
 def test_threshold_drops_low_scores_and_whole_image_options_are_refused(peer_run, patched, tmp_path, capsys):
     run_dir = str(Layout(peer_run).peer_run("cellpose"))
     image = _val_images(peer_run)[:1]
@@ -80,6 +109,7 @@ def test_threshold_drops_low_scores_and_whole_image_options_are_refused(peer_run
         assert text in error and error.count("\n") == 1
 
 
+@pytest.mark.slow
 def test_a_missing_peer_package_is_one_line(peer_run, monkeypatch, tmp_path, capsys):
     patch_peers(monkeypatch, missing=("cellpose",))
     code = predict.main(["--model", str(Layout(peer_run).peer_run("cellpose")), "--images", *_val_images(peer_run)[:1],
@@ -88,6 +118,7 @@ def test_a_missing_peer_package_is_one_line(peer_run, monkeypatch, tmp_path, cap
     assert code == 2 and "peer 'cellpose' needs the Python package 'cellpose'" in error and error.count("\n") == 1
 
 
+@pytest.mark.slow
 def test_the_peers_bench_puts_every_method_side_by_side(peer_run, patched, tmp_path, capsys):
     import importlib.util
 
@@ -115,6 +146,7 @@ def test_the_peers_bench_puts_every_method_side_by_side(peer_run, patched, tmp_p
     assert cellpose["count_error"] == pytest.approx(mine["count_error"].mean())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("peer", ["cellpose", "stardist"])
 def test_the_real_peers_runs_of_the_tiny_preset_predict_like_any_model(peer, tmp_path_factory, tmp_path, capsys):
     from test_mscseg_run import ensure_tiny_run

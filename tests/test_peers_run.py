@@ -184,7 +184,7 @@ def ensure_fake_peer_run(tmp_path_factory, monkeypatch) -> Path:
 def fake_run(tmp_path_factory):
     with pytest.MonkeyPatch.context() as monkeypatch:
         patch_peers(monkeypatch, missing=("stardist",))
-        yield ensure_fake_peer_run(tmp_path_factory, monkeypatch)
+        return ensure_fake_peer_run(tmp_path_factory, monkeypatch)     # the patches end with the run
 
 
 # ---------------------------------------------------------------- config

@@ -25,7 +25,8 @@ tf = tensorflow()
 
 TARGETS = ("mask", "instances")
 __all__ = ["Augmentation", "augment_batch", "apply_transforms", "check_image_size", "evaluation_dataset", "load_arrays",
-           "resize_images", "resize_targets", "sample_target", "source_dataset", "training_dataset", "transform_matrices"]
+           "resize_images", "resize_targets", "sample_target", "shard_by_data", "source_dataset", "training_dataset",
+           "transform_matrices"]
 MEMORY_CAP_BYTES = 2 * 1024 ** 3
 
 
@@ -205,9 +206,17 @@ def training_dataset(source: tf.data.Dataset, shuffle_buffer: int, batch_size: i
         batches = tf.data.Dataset.zip((batches, seeds)).map(
             lambda pair, batch_seed: augment_batch(pair[0], pair[1], batch_seed, settings),
             num_parallel_calls=tf.data.AUTOTUNE)
-    return batches.prefetch(tf.data.AUTOTUNE)
+    return shard_by_data(batches.prefetch(tf.data.AUTOTUNE))
 
 
 def evaluation_dataset(source: tf.data.Dataset, batch_size: int) -> tf.data.Dataset:
     """Batches in order, no augmentation, prefetched."""
-    return source.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+    return shard_by_data(source.batch(batch_size).prefetch(tf.data.AUTOTUNE))
+
+
+def shard_by_data(batches: tf.data.Dataset) -> tf.data.Dataset:
+    """``batches`` sharded by data under ``MultiWorkerMirroredStrategy``: every worker builds the same global batches
+    (same seeds) and keeps its replicas' share of each, so a global batch holds the images one device would see."""
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    return batches.with_options(options)

@@ -9,12 +9,18 @@ row per finished epoch), ``best.weights.h5`` (lowest validation loss),
 ``last.weights.h5`` and ``last.optimizer.npz`` (for ``--resume``), and after training
 ``probs/<stem>.npy``: float16 H x W cell probabilities in [0, 1] at each validation
 image's original size, made with the best weights.
+
+On several GPUs (``MirroredStrategy``) or machines (``TF_CONFIG``, ``MultiWorkerMirroredStrategy``)
+the same command trains one model with the configured ``batch_size`` as the global batch; only
+the chief writes ``out_dir`` (see ``keras_semseg.distribute``).
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -25,7 +31,7 @@ import numpy as np
 from data import Dataset
 from data.cli import add_dataset_arguments, make_parser, open_dataset, run_cli
 from data.geometry import training_geometry
-from data.lifecycle import RunControl, RunSpec, TrainingRun, open_run, summary
+from data.lifecycle import BUDGET_REACHED, RUNNING, RunControl, RunSpec, TrainingRun, open_run, summary
 from data.lock import lock_output_folder
 from data.settings import add_arguments, field_names, from_arguments
 from data.run_record import HISTORY_CSV, RUN_JSON
@@ -61,10 +67,33 @@ def run_spec(settings: TrainSettings, split_record: dict) -> RunSpec:
                    resume_files=("last.weights.h5",), folders=("probs",), max_minutes=settings.max_minutes)
 
 
-def _save_weights(model: Any, path: Path) -> None:
-    partial = path.with_name(path.name.replace(".weights.h5", ".partial.weights.h5"))
-    model.save_weights(str(partial))
-    os.replace(partial, path)
+def _partial(path: Path) -> Path:
+    """Where ``path`` is written before it replaces the finished file (Keras wants ``.weights.h5`` last)."""
+    if path.name.endswith(".weights.h5"):
+        return path.with_name(path.name.replace(".weights.h5", ".partial.weights.h5"))
+    return path.with_name(path.name + ".partial")
+
+
+def _write_checkpoint(writers: dict[Path, Any]) -> None:
+    """Call each ``writer(partial)``, then move every partial into place. When a write fails (a full disk, say)
+    the partials are removed, every finished file stays as it was, and ``SemsegError`` names the file."""
+    done: list[Path] = []
+    for path, write in writers.items():
+        try:
+            write(_partial(path))
+            done.append(path)
+        except OSError as error:
+            for written in (*done, path):
+                with contextlib.suppress(OSError):
+                    _partial(written).unlink()
+            text = str(error).strip()
+            reason = error.strerror or (text.splitlines()[0] if text else type(error).__name__)
+            raise SemsegError(f"cannot be written ({reason}); the previous checkpoint is kept", path) from None
+    for path in done:
+        try:
+            os.replace(_partial(path), path)
+        except OSError as error:
+            raise SemsegError(f"cannot be written ({error.strerror or error}); the previous checkpoint is kept", path) from None
 
 
 def make_optimizer(lr_schedule: str = "constant", total_steps: int = 1) -> Any:
@@ -85,11 +114,29 @@ def _optimizer_variables(optimizer: Any) -> list:
     return list(variables() if callable(variables) else variables)
 
 
+def _optimizer_writer(optimizer: Any) -> Any:
+    """A writer (``partial`` path -> None) of Adam's state as ``.npz`` (``arr_0``, ... in the optimiser's order)."""
+    def write(partial: Path) -> None:
+        with open(partial, "wb") as handle:
+            np.savez(handle, *[np.asarray(variable.numpy()) for variable in _optimizer_variables(optimizer)])
+    return write
+
+
 def _save_optimizer(optimizer: Any, path: Path) -> None:
-    partial = path.with_name(path.name + ".partial")
-    with open(partial, "wb") as handle:
-        np.savez(handle, *[np.asarray(variable.numpy()) for variable in _optimizer_variables(optimizer)])
-    os.replace(partial, path)
+    """Adam's state into ``path`` (``.npz``) through a partial file (see ``_write_checkpoint``)."""
+    _write_checkpoint({path: _optimizer_writer(optimizer)})
+
+
+def save_checkpoint(model: Any, folder: Path, improved: bool) -> None:
+    """``last.weights.h5``, ``last.optimizer.npz`` and, when ``improved``, ``best.weights.h5`` in ``folder``,
+    moved into place together once all are written (see ``_write_checkpoint``)."""
+    def weights(partial: Path) -> None:
+        model.save_weights(str(partial))
+
+    writers = {folder / "last.weights.h5": weights, folder / "last.optimizer.npz": _optimizer_writer(model.optimizer)}
+    if improved:
+        writers[folder / "best.weights.h5"] = weights
+    _write_checkpoint(writers)
 
 
 def build_optimizer_state(optimizer: Any, variables: list) -> None:
@@ -156,12 +203,15 @@ def _finite(value: Any) -> bool:
     return value is not None and math.isfinite(float(value))
 
 
-def _make_callback(run: TrainingRun, quiet: bool) -> Any:
+def _make_callback(run: TrainingRun, strategy: Any, quiet: bool) -> Any:
     tf = tensorflow()
+
+    from .distribute import any_worker, scratch_folder
 
     class EpochCheckpoint(tf.keras.callbacks.Callback):
         """Per epoch: the shared life cycle's bookkeeping (last/best weights, optimizer state, history, run.json,
-        time budget); stops on NaN."""
+        time budget); stops on NaN. Every worker saves (the chief into the run folder, the others into a
+        temporary folder) and every worker stops when one reaches the time budget."""
 
         def __init__(self) -> None:
             super().__init__()
@@ -184,18 +234,21 @@ def _make_callback(run: TrainingRun, quiet: bool) -> Any:
                 return
             row = {"epoch": number, **{key: float(logs.get(key, float("nan"))) for key in HISTORY_COLUMNS[1:5]},
                    "time_s": round(time.perf_counter() - self.epoch_started, 3)}
-            if not run.end_epoch(number, row, row["val_loss"], self.save):
+            go_on = run.end_epoch(number, row, row["val_loss"], self.save)
+            if not run.writes:
+                self.save(run.best_epoch == number)
+            if any_worker(strategy, not go_on):
                 self.model.stop_training = True
+                if run.status == RUNNING:
+                    run.status = BUDGET_REACHED
             if quiet:
                 print(f"{run.spec.model} epoch {number}/{run.spec.epochs}: loss {row['loss']:.4f} "
                       f"pixel_accuracy {row['pixel_accuracy']:.4f} val_loss {row['val_loss']:.4f} "
                       f"val_pixel_accuracy {row['val_pixel_accuracy']:.4f} ({row['time_s']:.1f} s)", flush=True)
 
         def save(self, improved: bool) -> None:
-            _save_weights(self.model, run.out_dir / "last.weights.h5")
-            _save_optimizer(self.model.optimizer, run.out_dir / "last.optimizer.npz")
-            if improved:
-                _save_weights(self.model, run.out_dir / "best.weights.h5")
+            with scratch_folder(run.out_dir, run.writes) as folder:
+                save_checkpoint(self.model, folder, improved)
 
     return EpochCheckpoint()
 
@@ -219,16 +272,45 @@ def write_probs(model: Any, dataset: Dataset, names: Sequence[str], image_size: 
     return written
 
 
+def single_device_model(settings: TrainSettings, path: Path) -> Any:
+    """The model of ``settings`` built outside any strategy, with the weights in ``path``.
+
+    Keras 2 cannot load a ``.weights.h5`` file straight into mirrored variables (it assigns
+    the file's datasets, which only a one-device variable accepts), so a distributed model
+    takes this model's ``get_weights()``.
+    """
+    from .registry import build
+
+    model = build(settings.model, (settings.image_size, settings.image_size, 3), None, **settings.model_options)
+    _ensure_built(model, settings.image_size)
+    _load_weights(model, path, settings.model)
+    return model
+
+
+def _load_weights(model: Any, path: Path, name: str, values: list | None = None) -> None:
+    try:
+        if values is None:
+            model.load_weights(str(path))
+        else:
+            model.set_weights(values)
+    except (ValueError, OSError, KeyError) as error:
+        text = str(error).strip()
+        raise SemsegError(f"cannot be loaded into {name} ({text.splitlines()[0] if text else type(error).__name__})", path) from None
+
+
 def build_compiled_model(settings: TrainSettings, weights_path: Any, out_dir: Path, epochs_done: int,
-                         steps_per_epoch: int = 1) -> tuple[Any, Any]:
-    """(model, strategy): built and compiled in the strategy's scope; resumed weights and Adam state loaded."""
+                         steps_per_epoch: int = 1, strategy: Any = None) -> tuple[Any, Any]:
+    """(model, strategy): built and compiled in the scope of ``strategy`` (default: ``distribute.make_strategy()``);
+    resumed weights and Adam state loaded."""
     tf = tensorflow()
 
+    from .distribute import make_strategy
     from .registry import build
 
     entry = get_entry(settings.model)
-    gpus = tf.config.list_physical_devices("GPU")
-    strategy = tf.distribute.MirroredStrategy() if len(gpus) > 1 else tf.distribute.get_strategy()
+    strategy = make_strategy() if strategy is None else strategy
+    last = out_dir / "last.weights.h5"
+    resumed = single_device_model(settings, last).get_weights() if epochs_done and strategy.num_replicas_in_sync > 1 else None
     with strategy.scope():
         model = build(settings.model, (settings.image_size, settings.image_size, 3), weights_path, **settings.model_options)
         if settings.batchnorm_momentum is not None:
@@ -241,30 +323,29 @@ def build_compiled_model(settings: TrainSettings, weights_path: Any, out_dir: Pa
                           metrics=[tf.keras.metrics.BinaryAccuracy(name="pixel_accuracy", threshold=0.5)])
         _ensure_built(model, settings.image_size)
         if epochs_done:
-            try:
-                model.load_weights(str(out_dir / "last.weights.h5"))
-            except (ValueError, OSError, KeyError) as error:
-                raise SemsegError(f"{out_dir / 'last.weights.h5'}: cannot be loaded into {settings.model} "
-                                  f"({str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__})") from None
+            _load_weights(model, last, settings.model, resumed)
             if not restore_optimizer(model, out_dir / "last.optimizer.npz"):
                 print(f"{out_dir}: optimizer state not restored; Adam restarts from zero moments", file=sys.stderr)
     return model, strategy
 
 
-def fit_epochs(model: Any, batches: tuple, settings: TrainSettings, run: TrainingRun, quiet: bool) -> None:
+def fit_epochs(model: Any, batches: tuple, settings: TrainSettings, run: TrainingRun, quiet: bool, strategy: Any = None) -> None:
     """Train from ``run.start_epoch`` to ``settings.epochs`` or the time budget, checkpointing each epoch;
     NaN and TensorFlow errors are ``SemsegError`` (recorded in run.json by ``run.guard``)."""
     tf = tensorflow()
 
     train_batches, val_batches = batches
-    checkpoint = _make_callback(run, quiet)
+    checkpoint = _make_callback(run, strategy or model.distribute_strategy, quiet)
     try:
         model.fit(train_batches, validation_data=val_batches, epochs=settings.epochs, initial_epoch=run.start_epoch,
                   steps_per_epoch=settings.steps_per_epoch,
                   callbacks=[checkpoint], verbose=0 if quiet else 1)
     except tf.errors.OpError as error:
-        message = (error.message or str(error)).strip().splitlines()
-        raise SemsegError(f"training failed: {message[0] if message else type(error).__name__}", run.out_dir) from None
+        message = re.sub(r"^\{\{function_node [^}]*\}\}\s*", "", (error.message or str(error)).strip()).splitlines()
+        first = message[0] if message else type(error).__name__
+        if isinstance(error, tf.errors.UnavailableError):
+            first = f"a worker of the cluster stopped answering ({first[:200]}); continue with --resume"
+        raise SemsegError(f"training failed: {first}", run.out_dir) from None
     if checkpoint.nan_epoch is not None:
         run.stop(f"stopped: loss became NaN in epoch {checkpoint.nan_epoch}", nan_epoch=checkpoint.nan_epoch)
         last_good = run.record.epochs_done
@@ -307,7 +388,12 @@ def train_model(
         raise SemsegError(f"unknown training setting ({error})") from None
     train, val = _check_split(split, dataset, split_path)
     split_record = {"path": None if split_path is None else str(split_path), "seed": split.get("seed"), "train": train, "val": val}
-    run = open_run(out_dir, run_spec(settings, split_record), resume, overwrite)
+    from .distribute import check_same_epoch, is_chief, make_strategy, per_replica_batch
+
+    strategy = make_strategy()
+    per_replica_batch(strategy, settings.batch_size)
+    run = open_run(out_dir, run_spec(settings, split_record), resume, overwrite, writes=is_chief())
+    check_same_epoch(strategy, run.start_epoch, run.out_dir)
     if run.done:
         if not quiet:
             print(f"{run.out_dir}: {model_name} already finished {run.start_epoch} epochs; nothing to resume")
@@ -323,12 +409,19 @@ def train_model(
         tf.keras.mixed_precision.set_global_policy("mixed_float16")
     try:
         batches, cached = _batches(dataset, train, val, settings)
-        model, strategy = build_compiled_model(settings, weights_path, run.out_dir, run.start_epoch, settings.train_steps(len(train)))
-        run.start(_details(model, strategy, cached) | {"geometry": training_geometry(dataset, train, settings.image_size),
-                                                        "reproducibility": reproducibility})
+        model, strategy = build_compiled_model(settings, weights_path, run.out_dir, run.start_epoch,
+                                               settings.train_steps(len(train)), strategy)
+        run.start(_details(model, strategy, cached, settings.batch_size)
+                  | {"geometry": training_geometry(dataset, train, settings.image_size), "reproducibility": reproducibility})
         with run.guard():
-            fit_epochs(model, batches, settings, run, quiet)
-            model.load_weights(str(run.out_dir / f"{settings.eval_weights}.weights.h5"))
+            fit_epochs(model, batches, settings, run, quiet, strategy)
+            if not run.writes:
+                return run.finish()
+            evaluated = run.out_dir / f"{settings.eval_weights}.weights.h5"
+            if strategy.num_replicas_in_sync > 1:
+                model = single_device_model(settings, evaluated)
+            else:
+                model.load_weights(str(evaluated))
             probs = write_probs(model, dataset, val, settings.image_size, run.out_dir / "probs", settings.batch_size)
         run.record.details.update(probs_weights=f"{settings.eval_weights}.weights.h5", probs=len(probs))
         return run.finish()
@@ -336,13 +429,11 @@ def train_model(
         tf.keras.mixed_precision.set_global_policy(previous_policy)
 
 
-def _details(model: Any, strategy: Any, cached: bool) -> dict:
-    """What run.json's details say about the devices, the data cache and the model size."""
-    tf = tensorflow()
+def _details(model: Any, strategy: Any, cached: bool, batch_size: int) -> dict:
+    """What run.json's details say about the devices and the strategy, the data cache and the model size."""
+    from .distribute import details
 
-    return {"devices": {"gpus": len(tf.config.list_physical_devices("GPU")), "strategy": type(strategy).__name__,
-                        "replicas": strategy.num_replicas_in_sync},
-            "data_cached_in_memory": cached, "parameters": int(model.count_params())}
+    return {"devices": details(strategy, batch_size), "data_cached_in_memory": cached, "parameters": int(model.count_params())}
 
 
 def _batches(dataset: Dataset, train: list[str], val: list[str], settings: TrainSettings) -> tuple[tuple, bool]:
@@ -370,14 +461,20 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _main(argv: Sequence[str] | None = None) -> int:
-    from data.split import load_or_make_split
+    from data.split import load_or_make_split, make_split
+
+    from .distribute import is_chief
 
     args = _parser().parse_args(argv)
     settings = from_arguments(TrainSettings, args).checked()
-    lock_output_folder(args.out)
+    if is_chief():
+        lock_output_folder(args.out)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     dataset = open_dataset(args)
-    split = load_or_make_split(args.split, dataset.names, seed=args.seed, source=str(args.data))
+    if is_chief() or Path(args.split).exists():
+        split = load_or_make_split(args.split, dataset.names, seed=args.seed, source=str(args.data))
+    else:
+        split = make_split(dataset.names, seed=args.seed, source=str(args.data))
     result = train_model(args.model, dataset, split, args.out, settings=settings, resume=args.resume,
                          overwrite=args.overwrite, quiet=args.quiet, split_path=args.split)
     print(summary(result, args.out))

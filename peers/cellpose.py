@@ -35,9 +35,8 @@ from data.settings import DETERMINISTIC_HELP, Problem, choice_problem, field_nam
 from . import PeerError, labels_to_results, require_package, write_results
 
 NAME = "cellpose"
-SCORE_SOURCE = ("Cellpose: mean sigmoid of the cell-probability logit over the mask's pixels times (1 - the mask's flow error, "
-                "clipped to [0, 1]); flow error as cellpose.metrics.flow_error: the mean over the mask of the squared difference "
-                "between the network's flows / 5 and the flows recomputed from the mask, summed over y and x")
+SCORE_SOURCE = ("Cellpose: the mean, over the mask's pixels, of the sigmoid of the network's cell-probability logit "
+                "(CellposeModel.eval's flows[2])")
 RELEASED = ("cyto3", "cyto2", "cyto", "nuclei", "cyto2_cp3", "tissuenet_cp3", "livecell_cp3", "yeast_PhC_cp3", "yeast_BF_cp3",
             "bact_phase_cp3", "bact_fluor_cp3", "deepbacs_cp3")
 """Released Cellpose 3 networks (``cellpose.models.MODEL_NAMES``, res-U-Net backbone)."""
@@ -539,14 +538,26 @@ def probability_quantile(cellprob: np.ndarray, labels: np.ndarray, q: float = 0.
                      for k in range(1, int(labels.max(initial=0)) + 1)])
 
 
-def detection_scores(cellprob: np.ndarray, flows: np.ndarray, labels: np.ndarray, mask_flows: np.ndarray) -> np.ndarray:
+def detection_scores(cellprob: np.ndarray, labels: np.ndarray) -> np.ndarray:
     """The score of each mask (``SCORE_SOURCE``): N float64, label k's at k - 1.
 
-    cellprob: H x W logits (Cellpose's ``flows[2]``); flows: 2 x H x W network flows (``flows[1]``);
-    labels: H x W int, 0 background, 1..N; mask_flows: 2 x H x W flows recomputed from ``labels``.
+    cellprob: H x W logits (Cellpose's ``flows[2]``); labels: H x W int, 0 background, 1..N.
     """
-    quality = np.clip(1.0 - flow_errors(flows, labels, mask_flows), 0.0, 1.0)
-    return mean_probability(cellprob, labels) * quality
+    return mean_probability(cellprob, labels)
+
+
+def score_candidates(cellprob: np.ndarray, flows: np.ndarray, labels: np.ndarray, mask_flows: np.ndarray) -> dict[str, np.ndarray]:
+    """The scores compared on the default run's validation images (README): N each.
+
+    mean_probability (kept: ``detection_scores``); probability_x_flow: that mean times (1 - the
+    mask's flow error), clipped to [0, 1]; probability_q10: the 10th percentile of the sigmoid
+    probability over the mask. flows: 2 x H x W network flows (``flows[1]``); mask_flows: 2 x H x W
+    flows recomputed from ``labels`` (``mask_flows``).
+    """
+    mean = mean_probability(cellprob, labels)
+    return {"mean_probability": mean,
+            "probability_x_flow": mean * np.clip(1.0 - flow_errors(flows, labels, mask_flows), 0.0, 1.0),
+            "probability_q10": probability_quantile(cellprob, labels, 0.1)}
 
 
 @dataclass
@@ -613,10 +624,8 @@ def mask_flows(labels: np.ndarray) -> np.ndarray:
 
 def predict_labels(model: LoadedCellpose, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Labels H x W int32 (0 background, 1..N) and N scores (``SCORE_SOURCE``) of one H x W x 3 image in [0, 1]."""
-    labels, cellprob, flows = cellpose_outputs(model, image)
-    if not np.any(labels):
-        return labels, np.zeros(0)
-    return labels, detection_scores(cellprob, flows, labels, mask_flows(labels))
+    labels, cellprob, _ = cellpose_outputs(model, image)
+    return labels, detection_scores(cellprob, labels)
 
 
 def _image_ids(gt: dict | str | Path) -> dict[str, int]:

@@ -70,8 +70,12 @@ def test_score_known_answer():
     mask_flows[0][labels == 3] = 0.5  # error 0.25
     assert cp.mean_probability(logits, labels) == pytest.approx([0.625, 0.25, 1.0])
     assert cp.flow_errors(flows, labels, mask_flows) == pytest.approx([0.09, 4.0, 0.25])
-    assert cp.detection_scores(logits, flows, labels, mask_flows) == pytest.approx([0.625 * 0.91, 0.0, 0.75])
+    assert cp.detection_scores(logits, labels) == pytest.approx([0.625, 0.25, 1.0])
     assert cp.probability_quantile(logits, labels, 0.0) == pytest.approx([0.5, 0.25, 1.0])
+    candidates = cp.score_candidates(logits, flows, labels, mask_flows)
+    assert candidates["mean_probability"] == pytest.approx([0.625, 0.25, 1.0])
+    assert candidates["probability_x_flow"] == pytest.approx([0.625 * 0.91, 0.0, 0.75])
+    assert cp.detection_scores(logits, np.zeros((4, 6), np.int32)).shape == (0,)
 
 
 def test_flow_error_matches_cellpose_metrics():
@@ -196,7 +200,7 @@ def test_predict_to_coco_is_scored_by_the_evaluator(tiny_runs, tmp_path):
 
 def test_perfect_cellpose_outputs_give_map_1(tiny_runs, tmp_path, monkeypatch):
     """Cellpose's outputs replaced by the ground truth's (labels, logits +-8, flows from the labels): every cell found,
-    scored sigmoid(8) (flow error 0), written under the right image ids."""
+    scored sigmoid(8), written under the right image ids."""
     from data.coco_codec import dataset_to_coco
     from torch_instseg.evaluate import evaluate_all
 
@@ -213,7 +217,7 @@ def test_perfect_cellpose_outputs_give_map_1(tiny_runs, tmp_path, monkeypatch):
     out = cp.predict_to_coco(root / "whole", dataset, split["val"], gt, tmp_path / "perfect.json", device="cpu")
     results = json.loads(out.read_text())
     assert len(results) == sum(int(sample.labels.max()) for sample in samples) > 0
-    assert [r["score"] for r in results] == pytest.approx([1 / (1 + math.exp(-8.0))] * len(results), abs=1e-6)
+    assert [r["score"] for r in results] == pytest.approx([1 / (1 + math.exp(-8.0))] * len(results), abs=1e-9)
     summary = evaluate_all(gt, out, interpolation=11).summary
     assert summary["mAP"] == pytest.approx(1.0) and summary["AP50"] == pytest.approx(1.0)
 

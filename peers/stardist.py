@@ -45,7 +45,7 @@ from data.settings import DETERMINISTIC_HELP, Problem, choice_problem, field_nam
 from . import PeerError, labels_to_results, require_package, write_results
 
 NAME = "stardist"
-SCORE_SOURCE = ("StarDist's object probability: the predicted probability at the polygon's centre pixel that survived "
+SCORE_SOURCE = ("StarDist's object probability: the network's probability at the grid pixel whose polygon survived "
                 "non-maximum suppression (predict_instances details['prob'])")
 RELEASED = {"2D_versatile_fluo": "https://github.com/stardist/stardist-models/releases/download/v0.1/python_2D_versatile_fluo.zip"}
 RELEASED_SHAPE = {"n_rays": 32, "grid": (2, 2), "unet_n_depth": 3, "unet_n_filter_base": 32, "unet_batch_norm": False}
@@ -110,6 +110,7 @@ class StardistSettings:
                                           "cache when online) or a weights .h5 file or a StarDist run folder")
     optimize_thresholds: bool = setting(True, "tune the probability and NMS thresholds on the training images after training "
                                               "(StarDist's optimize_thresholds; off: 0.5 and 0.4)")
+    threshold_images: int | None = setting(None, "tune the thresholds on the first N training images (none: all of them)")
     seed: int = setting(0, "random seed")
     max_minutes: float | None = setting(None, "stop after the epoch that passes this wall time of the whole run, resumes included",
                                         stamped_at_default=False)
@@ -131,6 +132,8 @@ class StardistSettings:
             step = max(grid) * 2 ** self.unet_n_depth
             if self.patch_size % step:
                 found.append(("patch_size", f"must be a multiple of {step} (2^unet_n_depth x grid), got {self.patch_size}"))
+        if self.threshold_images is not None and not (is_whole(self.threshold_images) and self.threshold_images >= 1):
+            found.append(("threshold_images", f"must be at least 1 or none (all training images), got {self.threshold_images!r}"))
         if self.image_size is not None and not (is_whole(self.image_size) and self.image_size >= 32):
             found.append(("image_size", f"must be at least 32 or none (native size), got {self.image_size!r}"))
         if not (is_number(self.lr) and self.lr > 0):
@@ -177,7 +180,7 @@ class StardistSettings:
 
 SETTINGS = StardistSettings
 STARDIST_RESUME_MUST_MATCH = tuple(name for name in field_names(StardistSettings)
-                                   if name not in ("epochs", "max_minutes", "deterministic", "optimize_thresholds"))
+                                   if name not in ("epochs", "max_minutes", "deterministic", "optimize_thresholds", "threshold_images"))
 
 
 # ---------------------------------------------------------------- TensorFlow, StarDist and the released weights
@@ -413,13 +416,15 @@ def _model_config(settings: StardistSettings, patch: int):
                     train_checkpoint=None, train_checkpoint_last=None, train_checkpoint_epoch=None)
 
 
-def _stardist_model(config, run_dir: Path, quiet: bool = True):
-    """``StarDist2D`` whose model folder is ``run_dir`` (config None: read config.json from it)."""
+def _stardist_model(config, run_dir: Path | None):
+    """``StarDist2D``: a new network that touches no file (``run_dir`` None), or the one in the model folder ``run_dir``."""
     from stardist.models import StarDist2D
 
-    run_dir = run_dir.resolve()
     with _muted(True):
-        return StarDist2D(config, name=run_dir.name, basedir=str(run_dir.parent))
+        if run_dir is None:
+            return StarDist2D(config, name=NAME, basedir=None)
+        run_dir = run_dir.resolve()
+        return StarDist2D(None, name=run_dir.name, basedir=str(run_dir.parent))
 
 
 @dataclass
@@ -524,7 +529,7 @@ def train(settings: StardistSettings | None, dataset, split: dict, out_dir: str 
     x_val, y_val = _training_arrays(dataset, val_names, settings.image_size)
     patch = patch_side(settings, [x.shape for x in x_train + x_val])
     val_crops = validation_crops(x_val, y_val, patch)
-    model = _stardist_model(_model_config(settings, patch), out_dir)
+    model = _stardist_model(_model_config(settings, patch), None)
     for layer in model.keras_model.layers:
         if hasattr(layer, "moving_variance"):
             layer.momentum = float(settings.batchnorm_momentum)
@@ -553,12 +558,15 @@ def train(settings: StardistSettings | None, dataset, split: dict, out_dir: str 
     })
     write_json(out_dir / CONFIG_JSON, vars(model.config))
     if not run.done:
+        (out_dir / THRESHOLDS_JSON).unlink(missing_ok=True)
+        run.record.details.pop("thresholds", None)
         run_epochs(run, epoch_steps(settings, model, state, (x_train, y_train), val_crops, run, control.quiet),
                    show=not control.quiet)
     final = run.previous.status if run.done else run.status
     if settings.optimize_thresholds and final in (FINISHED, BUDGET_REACHED):
         with run.guard():
-            tune_thresholds(model, out_dir, x_train, y_train, run, final, control.quiet)
+            count = settings.threshold_images or len(x_train)
+            tune_thresholds(model, out_dir, x_train[:count], y_train[:count], run, final, control.quiet)
     return run.record.to_dict()
 
 
@@ -635,7 +643,8 @@ class LoadedStardist:
     details: dict = field(default_factory=dict)
 
 
-def _thresholds(run_dir: Path, details: dict) -> tuple[dict[str, float], str]:
+def _thresholds(run_dir: Path) -> tuple[dict[str, float], str]:
+    """(prob and nms thresholds, where they came from): thresholds.json, else StarDist's defaults."""
     path = run_dir / THRESHOLDS_JSON
     if path.is_file():
         try:
@@ -663,7 +672,7 @@ def load(run_dir: str | Path, device: str | None = None) -> LoadedStardist:
     model = _stardist_model(None, run_dir)
     with _muted(True):
         model.keras_model.load_weights(str(weights))
-    thresholds, source = _thresholds(run_dir, record.details)
+    thresholds, source = _thresholds(run_dir)
     model.thresholds = thresholds
     return LoadedStardist(model, thresholds["prob"], thresholds["nms"], record.settings.get("image_size"), run_dir,
                           str(weights), {"thresholds_from": source, "weights_source": record.details.get("weights_source")})

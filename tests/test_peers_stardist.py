@@ -58,6 +58,7 @@ def test_default_settings_are_valid_and_record_json_types():
     ("plateau_factor", 1.0, "between 0 and 1"),
     ("batchnorm_momentum", 0.0, "between 0 and 1"),
     ("max_minutes", 0, "positive or none"),
+    ("threshold_images", 0, "at least 1 or none"),
     ("augment", "yes", "true or false"),
     ("weights", 3, "none, 2D_versatile_fluo or a path"),
 ])
@@ -209,8 +210,8 @@ def test_tiny_run_writes_coco_results_the_evaluator_scores(tmp_path, tiny_data):
 
     dataset, split = tiny_data
     run_dir = tmp_path / "run"
-    record = sd.train(sd.StardistSettings(**{**TINY, "optimize_thresholds": True}), dataset, split, run_dir,
-                      RunControl(quiet=True))
+    record = sd.train(sd.StardistSettings(**{**TINY, "optimize_thresholds": True, "threshold_images": 3}), dataset, split,
+                      run_dir, RunControl(quiet=True))
     assert record["trainer"] == "stardist" and record["status"] == FINISHED and record["epochs_done"] == 2
     thresholds = json.loads((run_dir / sd.THRESHOLDS_JSON).read_text())
     assert 0 < thresholds["prob"] < 1 and thresholds["nms"] in sd.NMS_CANDIDATES
@@ -230,6 +231,10 @@ def test_tiny_run_writes_coco_results_the_evaluator_scores(tmp_path, tiny_data):
     assert row["n_images"] == len(split["val"]) and 0.0 <= row["mAP"] <= 1.0 and row["score_source"] == sd.SCORE_SOURCE
     with pytest.raises(OutputExistsError):
         sd.predict_to_coco(run_dir, dataset, split["val"], gt, out)
+    other = tmp_path / "other"
+    with pytest.raises(peers.PeerError, match="do not fit a StarDist network"):
+        sd.train(sd.StardistSettings(**{**TINY, "n_rays": 16, "weights": str(run_dir)}), dataset, split, other)
+    assert not other.exists()
 
 
 @pytest.mark.slow

@@ -315,7 +315,7 @@ def peer_label(layout: Layout, name: str) -> str:
         return PEER_LABELS.get(name, name)
     versions = meta.get("versions") or (run.details.get("versions") if run else None)
     weights = meta.get("weights") or (run.settings.get("weights") if run else None)
-    start = "random weights" if str(weights).lower() in ("none", "null", "random", "") else str(weights)
+    start = "random weights" if str(weights).lower().startswith(("none", "null", "random")) or not weights else str(weights)
     return f"{PEER_LABELS.get(name, name)} ({_versions_text(versions)}; from {start})"
 
 

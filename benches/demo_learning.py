@@ -9,7 +9,8 @@ targets of issue 16, one line per target, ``ok`` or ``MISS``:
   threshold inside (0.05, 0.95);
 - instance (11-point interpolation, >= 8 validation images): Mask R-CNN mAP@[.50:.95]
   >= 0.30, AP50 >= 0.60, detections per image within 25% of the true cell count; the
-  best SAM row >= 0.20 mAP;
+  best SAM row >= 0.20 mAP; the peers (issue 26), Cellpose and StarDist: mAP >= 0.25,
+  AP50 >= 0.60, detections per image within 25%;
 - statistics: Friedman's p-value defined for every metric of both studies;
 - the wall time of all steps (from the logs' run records) <= 15 minutes, when the
   script ran the preset itself.
@@ -39,6 +40,11 @@ THRESHOLD_RANGE = (0.05, 0.95)
 MIN_SEMANTIC_VAL, MIN_INSTANCE_VAL = 12, 8
 MASKRCNN_MAP, MASKRCNN_AP50, COUNT_TOLERANCE = 0.30, 0.60, 0.25
 SAM_MAP = 0.20
+PEER_MAP, PEER_AP50 = 0.25, 0.60
+DETECTOR_TARGETS = (("maskrcnn", "Mask R-CNN", MASKRCNN_MAP, MASKRCNN_AP50),
+                    ("cellpose", "Cellpose (peer)", PEER_MAP, PEER_AP50),
+                    ("stardist", "StarDist (peer)", PEER_MAP, PEER_AP50))
+"""(method, label, mAP target, AP50 target): Mask R-CNN's of issue 16, the peers' of issue 26; counts within 25%."""
 WALL_LIMIT_S = 15 * 60
 
 
@@ -79,6 +85,23 @@ def semantic_lines(results: Path) -> list[dict]:
     return lines
 
 
+def detector_lines(table, method: str, label: str, map_target: float, ap50_target: float) -> list[dict]:
+    """mAP, AP50 and count lines of one instance method (a row of the 11-point instance table), or one 'missing' line."""
+    if method not in table.index:
+        return [_line(False, f"{label} row", "missing", "present")]
+    row = table.loc[method]
+    lines = [_line(_number(row["mAP"]) >= map_target, f"{label} mAP@[.50:.95] (11-point)", f"{_number(row['mAP']):.3f}",
+                   f">= {map_target}", _number(row["mAP"]) - map_target),
+             _line(_number(row["AP50"]) >= ap50_target, f"{label} AP50 (11-point)", f"{_number(row['AP50']):.3f}",
+                   f">= {ap50_target}", _number(row["AP50"]) - ap50_target)]
+    truth, found = _number(row["cells_per_image"]), _number(row["detections_per_image"])
+    close = truth > 0 and abs(found - truth) <= COUNT_TOLERANCE * truth
+    lines.append(_line(close, f"{label} detections per image", f"{found:.1f} / {truth:.1f}",
+                       f"within {COUNT_TOLERANCE:.0%} of truth",
+                       COUNT_TOLERANCE - abs(found - truth) / truth if truth > 0 else math.nan))
+    return lines
+
+
 def instance_lines(results: Path) -> list[dict]:
     import pandas as pd
 
@@ -90,18 +113,8 @@ def instance_lines(results: Path) -> list[dict]:
     split = json.loads((results / "instance" / "split.json").read_text())
     lines = [_line(len(split["val"]) >= MIN_INSTANCE_VAL, "instance validation images", str(len(split["val"])),
                    f">= {MIN_INSTANCE_VAL}")]
-    if "maskrcnn" not in table.index:
-        return lines + [_line(False, "Mask R-CNN row", "missing", "present")]
-    row = table.loc["maskrcnn"]
-    lines.append(_line(_number(row["mAP"]) >= MASKRCNN_MAP, "Mask R-CNN mAP@[.50:.95] (11-point)", f"{_number(row['mAP']):.3f}",
-                       f">= {MASKRCNN_MAP}", _number(row["mAP"]) - MASKRCNN_MAP))
-    lines.append(_line(_number(row["AP50"]) >= MASKRCNN_AP50, "Mask R-CNN AP50 (11-point)", f"{_number(row['AP50']):.3f}",
-                       f">= {MASKRCNN_AP50}", _number(row["AP50"]) - MASKRCNN_AP50))
-    truth, found = _number(row["cells_per_image"]), _number(row["detections_per_image"])
-    close = truth > 0 and abs(found - truth) <= COUNT_TOLERANCE * truth
-    lines.append(_line(close, "Mask R-CNN detections per image", f"{found:.1f} / {truth:.1f}",
-                       f"within {COUNT_TOLERANCE:.0%} of truth",
-                       COUNT_TOLERANCE - abs(found - truth) / truth if truth > 0 else math.nan))
+    for method, label, map_target, ap50_target in DETECTOR_TARGETS:
+        lines += detector_lines(table, method, label, map_target, ap50_target)
     sam = table[[method.startswith("sam") for method in table.index]]
     if len(sam):
         best = sam["mAP"].astype(float).idxmax()

@@ -43,6 +43,7 @@ from torch_instseg.names import INTERPOLATIONS, PROMPT_MODES, PROMPT_SOURCES, SC
 from torch_instseg.sam import SAM_VARIANTS as SAM_VARIANT_REGISTRY
 from torch_instseg.settings import FinetuneSettings, MaskRCNNSettings, normalize_checkpoint, untrained_start
 
+from .devices import DEVICES_HELP, devices_ok, devices_problem
 from .errors import RunError
 
 PRESET_DIR = Path(__file__).resolve().parent / "configs"
@@ -152,12 +153,15 @@ class SemanticConfig(TrainRecipe):
     steps_per_epoch_by_model: dict = _per_model("steps_per_epoch")
     metrics: list[str] = field(default_factory=lambda: list(SEMANTIC_METRICS))
     figure_images: int = 3
+    devices: int | str = setting("auto", DEVICES_HELP.format(what="GPUs of each semantic training step (MirroredStrategy)",
+                                                              one="one GPU"), stamped_at_default=False)
 
     def check(self, where: str, problems: Problems) -> None:
         self.dataset.check(f"{where}.dataset", problems)
         self.split.check(f"{where}.split", problems)
         problems.add(where, TrainRecipe.problems(self))
         problems.require(len(self.models) > 0, where, "models", f"list at least one of {', '.join(SEMANTIC_MODELS)}")
+        problems.require(devices_ok(self.devices), where, "devices", devices_problem(self.devices))
         for model in self.models:
             problems.require(model in SEMANTIC_MODELS, where, "models", f"unknown model '{model}'{_suggest(model, SEMANTIC_MODELS)}; valid: {', '.join(SEMANTIC_MODELS)}")
         problems.require(len(set(self.models)) == len(self.models), where, "models", "a model is listed twice")
@@ -335,6 +339,8 @@ class InstanceConfig(MaskRCNNSettings):
     split: SplitConfig = field(default_factory=SplitConfig)
     score_threshold: float = 0.05
     device: str = "auto"
+    devices: int | str = setting(1, DEVICES_HELP.format(what="processes of the Mask R-CNN training step (torchrun, one per GPU)",
+                                                         one="the paper's"), stamped_at_default=False)
     sam: SamConfig = field(default_factory=SamConfig)
     sam_finetune: SamFinetuneConfig = field(default_factory=SamFinetuneConfig)
     peers: PeersConfig = field(default_factory=PeersConfig)
@@ -349,6 +355,7 @@ class InstanceConfig(MaskRCNNSettings):
                          f"must be at least 0 and below 1 (the Mask R-CNN score a detection needs to be kept), got {self.score_threshold}")
         problems.require(self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"), where, "device",
                          f"must be auto, cpu, cuda or cuda:N, got '{self.device}'")
+        problems.require(devices_ok(self.devices), where, "devices", devices_problem(self.devices))
         self.sam.check(f"{where}.sam", problems)
         self.sam_finetune.check(f"{where}.sam_finetune", problems)
         self.peers.check(f"{where}.peers", problems)

@@ -201,16 +201,20 @@ def _set(mapping: dict, keys: Sequence[str], value: Any) -> None:
     mapping[keys[-1]] = value
 
 
-def notebook_config(base: str, name: str, inputs: Inputs, overrides: Mapping | None = None) -> dict:
-    """The config mapping: ``base`` preset, the found inputs, the SAM file in every checkpoint setting, then ``overrides``."""
+def notebook_config(base: str, name: str, inputs: Inputs, overrides: Mapping | None = None, gpus: int | None = None) -> dict:
+    """The config mapping: ``base`` preset, the found inputs, the SAM file in every checkpoint setting, the device count
+    of both studies' training steps (``gpus``: the notebook's ``GPUS``; None leaves the preset's), then ``overrides``."""
     config: dict = {"base": base, "name": name}
+    if gpus is not None:
+        config["semantic"] = {"devices": int(gpus)}
+        config["instance"] = {"devices": int(gpus)}
     if inputs.semantic is not None:
-        config["semantic"] = {"dataset": {"path": str(inputs.semantic)}}
+        config.setdefault("semantic", {})["dataset"] = {"path": str(inputs.semantic)}
     if inputs.instance is not None:
         entry = {"path": str(inputs.instance)}
         if is_ctc(inputs.instance):
             entry["format"] = "ctc"
-        config["instance"] = {"dataset": entry}
+        config.setdefault("instance", {})["dataset"] = entry
     if inputs.sam is not None:
         variant = sam_variant_of(inputs.sam)
         for keys in SAM_CHECKPOINT_KEYS:

@@ -102,7 +102,7 @@ def select_gpus(gpus: int, environ: dict | None = None) -> str:
     """Set CUDA_VISIBLE_DEVICES for the run's processes: ``"0"`` for one GPU (the paper's single T4), ``"0,1"`` for two."""
     environ = os.environ if environ is None else environ
     if gpus not in (1, 2):
-        raise KaggleError(f"GPUS = {gpus!r}: use 1 (one GPU, as the paper) or 2 (both T4s for the Keras models)")
+        raise KaggleError(f"GPUS = {gpus!r}: use 1 (one GPU, as the paper) or 2 (both T4s: Keras models and Mask R-CNN training)")
     environ["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in range(gpus))
     return environ["CUDA_VISIBLE_DEVICES"]
 
@@ -134,8 +134,10 @@ def _torch_lines(torch: dict) -> tuple[list[str], list[str]]:
     if problems:
         return [], problems[:1]
     first = torch["gpus"][0]
+    where = ("Mask R-CNN trains on both under torchrun (instance.devices 2); SAM and predictions on cuda:0"
+             if len(torch["gpus"]) > 1 else "Mask R-CNN and SAM run on cuda:0")
     return [f"{name} sees {len(torch['gpus'])} GPU(s), {first['name']} (sm_{first['capability'][0]}{first['capability'][1]} in its build): "
-            "Mask R-CNN and SAM run on cuda:0, one GPU whatever GPUS says"], []
+            + where], []
 
 
 def gpu_report(machine: list[dict], tf: dict, torch: dict, gpus: int) -> tuple[list[str], list[str]]:
@@ -145,8 +147,9 @@ def gpu_report(machine: list[dict], tf: dict, torch: dict, gpus: int) -> tuple[l
     if machine:
         names = sorted({gpu["name"] for gpu in machine})
         lines.append(f"GPUs on this machine: {len(machine)} ({', '.join(names)}); GPUS = {gpus}: "
-                     + ("CUDA_VISIBLE_DEVICES=0, one GPU as the paper's single T4 (GPUS = 2: both, for the Keras models)"
-                        if gpus == 1 else "CUDA_VISIBLE_DEVICES=0,1, both GPUs for the Keras models"))
+                     + ("CUDA_VISIBLE_DEVICES=0, one GPU as the paper's single T4 (GPUS = 2: both, for the Keras models "
+                        "and the Mask R-CNN training)" if gpus == 1
+                        else "CUDA_VISIBLE_DEVICES=0,1, both GPUs for the Keras models and the Mask R-CNN training"))
         if gpus > len(machine):
             lines.append(f"GPUS = {gpus} but this machine has {len(machine)} GPU: one is used")
     else:

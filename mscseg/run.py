@@ -186,7 +186,7 @@ def run_step(entry: Planned, settings: Settings, layout: Layout, expected: str) 
         if step.framework is Framework.NONE:
             _run_here(step, settings, layout, entry.resume, overwrite, log_path)
         else:
-            _run_in_subprocess(step, layout, entry.resume, overwrite, log_path)
+            _run_in_subprocess(step, layout, entry.resume, overwrite, log_path, settings)
     except BaseException as error:
         wall = time.perf_counter() - started
         with open(log_path, "a", encoding="utf-8") as log:
@@ -232,14 +232,19 @@ def _child_environment() -> dict[str, str]:
     return env
 
 
-def _run_in_subprocess(step: Step, layout: Layout, resume: bool, overwrite: bool, log_path: Path) -> None:
-    """Run ``step`` in ``python -m mscseg.step``; its output goes to the log. Ctrl-C stops the child too.
+def _run_in_subprocess(step: Step, layout: Layout, resume: bool, overwrite: bool, log_path: Path,
+                       settings: Settings | None = None) -> None:
+    """Run ``step`` in ``python -m mscseg.step`` (under torchrun, or on chosen GPUs, when the step's ``devices``
+    setting asks for more than one); its output goes to the log. Ctrl-C stops the child too.
 
     The child inherits the results folder's lock, so a folder whose runner was killed stays busy while the
     step process it started still writes."""
+    command, env = step_command(step, layout, resume, overwrite), _child_environment()
+    if settings is not None and step.devices is not None:
+        command, env = on_devices(step, settings, command, env, log_path)
     with open(log_path, "a", encoding="utf-8") as log:
-        process = subprocess.Popen(step_command(step, layout, resume, overwrite), stdin=subprocess.DEVNULL,
-                                   stdout=log, stderr=subprocess.STDOUT, env=_child_environment(), pass_fds=held_fds())
+        process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env,
+                                   pass_fds=held_fds())
         try:
             code = process.wait()
         except KeyboardInterrupt:
@@ -254,6 +259,31 @@ def _run_in_subprocess(step: Step, layout: Layout, resume: bool, overwrite: bool
     if code == 1:
         raise StepError("crashed", _last_exception(log_path), 1)
     raise StepError("killed", _signal_text(code), 2)
+
+
+def on_devices(step: Step, settings: Settings, command: list[str], env: dict[str, str],
+               log_path: Path | None = None) -> tuple[list[str], dict[str, str]]:
+    """``command`` and ``env`` for the device count of ``step.devices`` (``mscseg.devices``): torch steps under
+    torchrun with one process per device; TensorFlow steps shown the first N GPUs. One line in the log says which."""
+    from .devices import first_gpus, resolve_devices, torchrun_command, visible_gpus
+    from .steps import setting_value
+
+    wanted = setting_value(settings, step.devices)
+    gpus = visible_gpus(env)
+    count = resolve_devices(wanted, gpus)
+    if step.framework is Framework.TORCH and count > 1:
+        command = torchrun_command(command, count)
+        note = f"{count} processes under torchrun ({'one per GPU, nccl' if gpus else 'CPU, gloo'}; {step.devices}: {wanted})"
+    elif step.framework is Framework.TENSORFLOW and gpus and wanted != "auto":
+        env = {**env, "CUDA_VISIBLE_DEVICES": first_gpus(count, env)}
+        note = f"GPUs {env['CUDA_VISIBLE_DEVICES']} ({step.devices}: {wanted}; MirroredStrategy when more than one)"
+    else:
+        note = f"one process, {'every visible GPU' if gpus else 'no GPU'} ({step.devices}: {wanted})" \
+            if step.framework is Framework.TENSORFLOW else f"one process ({step.devices}: {wanted})"
+    if log_path is not None:
+        with open(log_path, "a", encoding="utf-8") as log:
+            print(f"devices: {note}", file=log)
+    return command, env
 
 
 def _stop(process: subprocess.Popen) -> None:

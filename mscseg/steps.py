@@ -171,7 +171,8 @@ class Step:
     reads: the dotted settings its action reads (and nothing else); framework: what it imports
     (a TensorFlow or torch step runs in a subprocess of its own); resumable: a stopped run
     continues (training); derived: a view of everything before it (the report), remade
-    whenever out of date and never a conflict.
+    whenever out of date and never a conflict; devices: the dotted setting holding its device
+    count (``mscseg.devices``: the runner starts it on that many GPUs or processes).
     """
 
     name: str
@@ -182,6 +183,7 @@ class Step:
     framework: Framework = Framework.NONE
     resumable: bool = False
     derived: bool = False
+    devices: str | None = None
 
     def settings(self, settings: Settings) -> dict[str, Any]:
         """``{dotted name: value}`` of the settings this step reads (less those added later and still at their default)."""
@@ -293,8 +295,9 @@ def _semantic_steps(settings: Settings) -> list[Step]:
     trains = [
         Step(f"semantic_train_{model}", ("split",), lambda lay, model=model: [lay.semantic_model(model)],
              tuple(f"semantic.{key}" for key in SEMANTIC_TRAINING)
-             + (f"semantic.model_options.{model}", f"semantic.steps_per_epoch_by_model.{model}"),
-             lambda ctx, model=model: semantic_train_step(ctx, model), Framework.TENSORFLOW, resumable=True)
+             + (f"semantic.model_options.{model}", f"semantic.steps_per_epoch_by_model.{model}", "semantic.devices"),
+             lambda ctx, model=model: semantic_train_step(ctx, model), Framework.TENSORFLOW, resumable=True,
+             devices="semantic.devices")
         for model in models
     ]
     return trains + [
@@ -321,7 +324,8 @@ def _instance_steps(settings: Settings) -> list[Step]:
                  + tuple(f"instance_peer_{name}" for name in peer_names))
     steps = [
         Step("instance_train", ("split",), lambda lay: [lay.maskrcnn],
-             tuple(f"instance.{key}" for key in INSTANCE_TRAINING), instance_train_step, Framework.TORCH, resumable=True),
+             tuple(f"instance.{key}" for key in INSTANCE_TRAINING) + ("instance.devices",), instance_train_step,
+             Framework.TORCH, resumable=True, devices="instance.devices"),
         Step("instance_predict", ("instance_train",), lambda lay: [lay.prediction("gt"), lay.prediction("maskrcnn")],
              ("instance.device", "instance.score_threshold"), instance_predict_step, Framework.TORCH),
         Step("instance_sam", ("instance_predict",), lambda lay: [lay.prediction(f"sam_{mode}") for mode in modes],

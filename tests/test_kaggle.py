@@ -113,6 +113,15 @@ def test_notebook_config_gives_the_sam_file_to_every_checkpoint_setting_and_poin
     assert settings.instance.sam.modes == ["box"] and settings.instance.epochs == 2 and settings.semantic.models == load_config("paper").semantic.models
     lines = kaggle.describe_settings(settings, tmp_path / "work", tmp_path / "out")
     assert lines[2] == f"SAM vit_h: {sam}; fine-tuning vit_h from {sam}" and lines[3] == "untrained: none"
+    assert settings.semantic.devices == "auto" and settings.instance.devices == 1
+
+
+def test_the_notebook_gpus_switch_sets_both_studies_device_counts(tmp_path):
+    config = kaggle.notebook_config("tiny", "kaggle", kaggle.Inputs(None, None, None), {"semantic": {"epochs": 2}}, gpus=2)
+    settings = load_config(kaggle.write_config(tmp_path / "kaggle.json", config))
+    assert settings.semantic.devices == 2 and settings.instance.devices == 2 and settings.semantic.epochs == 2
+    one = load_config(kaggle.write_config(tmp_path / "one.json", kaggle.notebook_config("tiny", "one", kaggle.Inputs(None, None, None), gpus=1)))
+    assert one.semantic.devices == 1 and one.instance.devices == 1
 
 
 def test_prepare_code_copies_a_read_only_code_dataset_into_working(tmp_path):
@@ -279,11 +288,12 @@ def test_gpu_report_one_t4_by_default_both_behind_the_switch():
     assert problems == []
     assert lines[0].startswith("will run: Python ") and "TensorFlow 2.20.0 (tf.keras 2.20.1), torch 2.8.0+cu128 (CUDA 12.8), numpy 2.0.2" in lines[0]
     assert lines[1] == ("GPUs on this machine: 2 (Tesla T4); GPUS = 1: CUDA_VISIBLE_DEVICES=0, one GPU as the paper's single T4 "
-                        "(GPUS = 2: both, for the Keras models)")
+                        "(GPUS = 2: both, for the Keras models and the Mask R-CNN training)")
     assert lines[2] == "TensorFlow 2.20.0 (tf.keras 2.20.1) sees 1 GPU: the Keras models train on it, as the paper's single T4"
-    assert lines[3].endswith("Mask R-CNN and SAM run on cuda:0, one GPU whatever GPUS says") and "sm_75" in lines[3]
+    assert lines[3].endswith("Mask R-CNN and SAM run on cuda:0") and "sm_75" in lines[3]
     lines, problems = kaggle_gpu.gpu_report([T4, T4], TF | {"gpus": 2}, TORCH | {"gpus": [T4, T4]}, 2)
     assert problems == [] and "MirroredStrategy" in lines[2] and "CUDA_VISIBLE_DEVICES=0,1" in lines[1]
+    assert lines[3].endswith("Mask R-CNN trains on both under torchrun (instance.devices 2); SAM and predictions on cuda:0")
 
 
 def test_gpu_report_names_the_p100_and_a_missing_gpu_in_one_line_each():

@@ -21,11 +21,11 @@ ROOT = Path(__file__).resolve().parents[1]
 SECTIONS = {config.SemanticConfig: TrainRecipe, config.InstanceConfig: MaskRCNNSettings,
             config.SamFinetuneConfig: FinetuneSettings}
 PACKAGE_SETTINGS = (TrainRecipe, TrainSettings, MaskRCNNSettings, FinetuneSettings)
-CONFIG_ONLY = {
+CONFIG_ONLY = {  # the runner's keys: what runs (enabled, models, peers), on what data, on how many devices (the launch)
     "SemanticConfig": {"enabled", "dataset", "split", "models", "model_options", "steps_per_epoch_by_model", "metrics",
-                       "figure_images"},
-    "InstanceConfig": {"enabled", "dataset", "split", "score_threshold", "device", "sam", "sam_finetune", "evaluation",
-                       "figure_images"},
+                       "figure_images", "devices"},
+    "InstanceConfig": {"enabled", "dataset", "split", "score_threshold", "device", "devices", "sam", "sam_finetune", "peers",
+                       "evaluation", "figure_images"},
     "SamFinetuneConfig": {"enabled", "modes", "prompt_sources"},
 }
 

@@ -25,8 +25,9 @@ def _results(root: Path) -> Path:
     (root / "instance" / "split.json").write_text(json.dumps({"train": ["a"], "val": [f"v{i}" for i in range(8)]}))
     pd.DataFrame({"model": ["unet", "deeplabv3plus", "segnet", "maskrcnn"], "dice_mean": [0.90, 0.80, 0.74, 0.76],
                   "threshold": [0.45, 0.99, 0.30, 0.20]}).to_csv(root / "semantic" / "sweep" / "table1.csv", index=False)
-    pd.DataFrame({"interpolation": [11, 11, 101], "method": ["maskrcnn", "sam_box", "maskrcnn"], "mAP": [0.35, 0.1, 0.2],
-                  "AP50": [0.55, 0.2, 0.5], "cells_per_image": [8.0, 8.0, 8.0], "detections_per_image": [9.5, 9.5, 9.5]}
+    pd.DataFrame({"interpolation": [11, 11, 101, 11, 11], "method": ["maskrcnn", "sam_box", "maskrcnn", "cellpose", "stardist"],
+                  "mAP": [0.35, 0.1, 0.2, 0.5, 0.2], "AP50": [0.55, 0.2, 0.5, 0.8, 0.7],
+                  "cells_per_image": [8.0, 8.0, 8.0, 8.0, 8.0], "detections_per_image": [9.5, 9.5, 9.5, 8.0, 5.0]}
                  ).to_csv(root / "instance" / "instance_table.csv", index=False)
     pd.DataFrame({"metric": ["dice", "pixel_accuracy"], "test": ["friedman", "friedman"], "p_value": [0.01, None]}
                  ).to_csv(root / "semantic" / "stats" / "tests.csv", index=False)
@@ -45,6 +46,9 @@ def test_each_figure_is_checked_against_its_target(tmp_path, capsys):
     assert not verdicts["deeplabv3plus Dice-optimal threshold"] and verdicts["unet Dice-optimal threshold"]
     assert verdicts["Mask R-CNN mAP@[.50:.95] (11-point)"] and not verdicts["Mask R-CNN AP50 (11-point)"]
     assert verdicts["Mask R-CNN detections per image"] and not verdicts["best SAM mode mAP (sam_box)"]
+    assert verdicts["Cellpose (peer) mAP@[.50:.95] (11-point)"] and verdicts["Cellpose (peer) detections per image"]
+    assert not verdicts["StarDist (peer) mAP@[.50:.95] (11-point)"] and verdicts["StarDist (peer) AP50 (11-point)"]
+    assert not verdicts["StarDist (peer) detections per image"]
     assert not verdicts["semantic Friedman p defined for every metric"]
     assert verdicts["instance Friedman p defined for every metric"]
     assert "MISS  segnet Dice" in capsys.readouterr().out
@@ -55,7 +59,7 @@ def test_main_on_a_results_folder_exits_1_when_a_target_is_missed(tmp_path):
     results = _results(tmp_path / "run")
     assert bench.main(["--results", str(results), "--json", str(tmp_path / "lines.json")]) == 1
     lines = json.loads((tmp_path / "lines.json").read_text())["lines"]
-    assert len(lines) == 16 and sum(line["ok"] for line in lines) == 11
+    assert len(lines) == 22 and sum(line["ok"] for line in lines) == 15
 
 
 def test_seed_config_changes_only_the_training_seeds(tmp_path):

@@ -151,10 +151,14 @@ def step_times(results: Path) -> dict[str, float]:
 
 
 def seed_config(base: str, seed: int, folder: Path) -> Path:
-    """A config file that is ``base`` with every training seed set to ``seed`` (semantic, Mask R-CNN, SAM fine-tuning)."""
+    """A config file that is ``base`` with every training seed set to ``seed`` (semantic, Mask R-CNN, SAM fine-tuning,
+    the peers)."""
     path = folder / f"{Path(base).stem}_seed{seed}.json"
+    from peers import PEER_NAMES
+
+    peers = {name: {"seed": seed} for name in PEER_NAMES}
     path.write_text(json.dumps({"base": base, "name": f"{Path(base).stem}_seed{seed}", "semantic": {"seed": seed},
-                                "instance": {"seed": seed, "sam_finetune": {"seed": seed}}}, indent=1))
+                                "instance": {"seed": seed, "sam_finetune": {"seed": seed}, "peers": peers}}, indent=1))
     return path
 
 

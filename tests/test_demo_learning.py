@@ -71,6 +71,11 @@ def test_seed_config_changes_only_the_training_seeds(tmp_path):
     assert seeded["semantic"]["seed"] == seeded["instance"]["seed"] == seeded["instance"]["sam_finetune"]["seed"] == 2
     for section in ("semantic", "instance"):
         assert seeded[section]["dataset"] == base[section]["dataset"] and seeded[section]["split"] == base[section]["split"]
+    assert {name: peer["seed"] for name, peer in seeded["instance"]["peers"].items()} == {"cellpose": 2, "stardist": 2}
     seeded["semantic"]["seed"] = seeded["instance"]["seed"] = seeded["instance"]["sam_finetune"]["seed"] = 0
+    for peer in seeded["instance"]["peers"].values():
+        peer.pop("seed")
+    for peer in base["instance"]["peers"].values():
+        peer.pop("seed", None)
     seeded.pop("name"), base.pop("name")
     assert seeded["semantic"] == base["semantic"] and seeded["instance"] == base["instance"]

@@ -140,6 +140,32 @@ def test_a_command_writing_into_a_busy_folder_exits_2_with_one_line(tmp_path, ca
     assert not (busy / "semantic").exists()
 
 
+def test_instseg_train_refuses_a_busy_predictions_folder_before_writing(tmp_path, capsys):
+    """``--predictions`` is a second output folder: held by another process, the command exits 2 at once."""
+    from torch_instseg.maskrcnn import main
+
+    predictions = tmp_path / "predictions"
+    other = _holding(predictions, "mscseg-predict --out predictions")
+    try:
+        argv = _command("instseg-train", tmp_path, tmp_path / "run")[1] + ["--predictions", str(predictions)]
+        assert main(argv) == 2
+        line = _one_error_line(capsys)
+        assert f"in use by process {other.pid} (mscseg-predict --out predictions)" in line
+        assert str(predictions.absolute()) in line
+    finally:
+        other.kill()
+        other.wait()
+    assert not (tmp_path / "run").exists() and not (tmp_path / "split.json").exists()
+
+
+def test_instseg_train_with_predictions_inside_its_run_folder_takes_one_lock(tmp_path):
+    from torch_instseg.maskrcnn import _nested
+
+    run = tmp_path / "run"
+    assert _nested(run / "predictions", run) and _nested(run, run / "predictions") and _nested(run, run)
+    assert not _nested(tmp_path / "predictions", run)
+
+
 def test_a_run_is_refused_while_a_trainer_writes_into_one_of_its_folders(tmp_path, capsys, monkeypatch):
     monkeypatch.delenv("MSCSEG_CALLER_CWD", raising=False)
     out = tmp_path / "results"

@@ -77,11 +77,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _nested(first: Path, second: Path) -> bool:
+    """True when one folder is the other or lies inside it (one lock covers both)."""
+    first, second = first.absolute(), second.absolute()
+    return first == second or first in second.parents or second in first.parents
+
+
 def _main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     processes = launch_environment()
     if processes.main:
         lock_output_folder(args.out)
+        if args.predictions and not _nested(Path(args.predictions), Path(args.out)):
+            lock_output_folder(args.predictions)
     options = dict(args.model_options, **({} if args.head_channels is None else {"head_channels": args.head_channels}))
     settings = from_arguments(MaskRCNNSettings, args, model_options=options)
     settings.checked()

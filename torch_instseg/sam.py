@@ -65,6 +65,8 @@ SAM_VARIANTS: dict[str, SamVariant] = {
     "vit_b": SamVariant(768, 12, 12, (2, 5, 8, 11), checkpoint_file=SAM_CHECKPOINT_FILES["vit_b"]),
     # a small encoder for tests and demos on CPU; no released checkpoint (random weights only)
     "vit_tiny": SamVariant(64, 2, 2, (1,), image_size=256, window_size=8),
+    # the same encoder on 512 px inputs: 128 x 128 masks (vit_tiny's are 64 x 64), for small images of small cells
+    "vit_tiny_512": SamVariant(64, 2, 2, (1,), image_size=512, window_size=8),
 }
 
 

@@ -122,7 +122,7 @@ def test_a_missing_peer_package_is_one_line(peer_run, monkeypatch, tmp_path, cap
 def test_the_peers_bench_puts_every_method_side_by_side(peer_run, patched, tmp_path, capsys):
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("peers_bench", Path(__file__).resolve().parents[1] / "benches" / "peers.py")
+    spec = importlib.util.spec_from_file_location("peers_bench", Path(__file__).resolve().parents[1] / "benches" / "compare_instance_methods.py")
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
     assert bench.main([str(peer_run), "--out", str(tmp_path / "bench"), "--in-process"]) == 0

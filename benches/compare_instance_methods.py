@@ -1,6 +1,6 @@
 """Every instance method side by side from one finished run (issue 26): AP, counts, confluence, CPU and predict time.
 
-    python benches/peers.py results/usiigaci [--out /tmp/peers_bench]
+    python benches/compare_instance_methods.py results/usiigaci [--out /tmp/peers_bench]
 
 For each method of the run's instance table (Mask R-CNN, SAM rows, the peers Cellpose and StarDist),
 on the run's validation images:

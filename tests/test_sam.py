@@ -101,6 +101,19 @@ def test_mask_prompt_transform_matches_sam_frame():
     np.testing.assert_allclose(prompt[0, 0, :, 8:], low, rtol=1e-5)  # padding to the right, as SAM pads its input
 
 
+def test_vit_tiny_512_is_vit_tiny_on_512_px_inputs_and_its_checkpoints_are_told_apart(sam, tmp_path):
+    wide = S.build_sam("vit_tiny_512", "none", device="cpu")
+    assert wide.image_encoder.img_size == 512 and sam.image_encoder.img_size == 256
+    assert wide.prompt_encoder.mask_input_size == (128, 128) and sam.prompt_encoder.mask_input_size == (64, 64)
+    torch.save(wide.state_dict(), tmp_path / "wide.pth")
+    torch.save(sam.state_dict(), tmp_path / "tiny.pth")
+    with pytest.raises(InstsegError, match="vit_tiny_512, not vit_tiny"):
+        S.build_sam("vit_tiny", tmp_path / "wide.pth")
+    with pytest.raises(InstsegError, match="vit_tiny, not vit_tiny_512"):
+        S.build_sam("vit_tiny_512", tmp_path / "tiny.pth")
+    assert S.build_sam("vit_tiny_512", tmp_path / "wide.pth", device="cpu").mscseg_info["untrained"] is False
+
+
 def test_wrong_variant_and_missing_checkpoints(sam, tmp_path, monkeypatch):
     torch.save(sam.state_dict(), tmp_path / "tiny.pth")
     with pytest.raises(InstsegError, match="vit_tiny, not vit_b"):

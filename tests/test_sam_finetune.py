@@ -417,7 +417,8 @@ def test_preset_sections_make_valid_settings(preset):
     if preset == "paper":
         assert (settings.variant, settings.trainable, settings.focal_weight) == ("vit_h", "decoder+prompt", 20.0)
     else:
-        assert (settings.variant, settings.checkpoint, settings.trainable, settings.focal_weight) == ("vit_tiny", None, "decoder", 0.0)
+        variant = {"small": "vit_tiny_512", "tiny": "vit_tiny"}[preset]
+        assert (settings.variant, settings.checkpoint, settings.trainable, settings.focal_weight) == (variant, None, "decoder", 0.0)
 
 
 def test_config_checkpoint_default_means_the_released_file(tmp_path):

@@ -20,20 +20,18 @@ paths are read from the current directory; ``~`` and ``$VARS`` are expanded.
 
 Every problem is a ``RunError`` with one line naming the file, the key and the
 fix (unknown keys list the valid ones); the checks report every bad value at once.
+The peers' sections are made in ``mscseg.config_peers`` and a mapping becomes typed settings in
+``mscseg.config_build``; both are re-exported here.
 """
 from __future__ import annotations
 
-import dataclasses
-import difflib
 import json
-import math
 import os
 import typing
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import peers
 from data.settings import Problem, setting
 from keras_semseg.registry import MODELS
 from keras_semseg.settings import TrainRecipe
@@ -43,6 +41,11 @@ from torch_instseg.names import INTERPOLATIONS, PROMPT_MODES, PROMPT_SOURCES, SC
 from torch_instseg.sam import SAM_VARIANTS as SAM_VARIANT_REGISTRY
 from torch_instseg.settings import FinetuneSettings, MaskRCNNSettings, normalize_checkpoint, untrained_start
 
+from .config_build import _convert, _error, _label, _suggest, _type_name, build  # noqa: F401  (re-exported)
+from .config_peers import (  # noqa: F401  (re-exported: mscseg.config is the public module)
+    _PEER_SECTIONS, PEER_ENABLED_HELP, PEER_NAMES, PeersConfig, _peer_field, _PeerModuleMissing, enabled_peers, peer_section,
+    peer_settings_class, random_start,
+)
 from .devices import DEVICES_HELP, devices_ok, devices_problem
 from .errors import RunError
 
@@ -253,78 +256,6 @@ class EvaluationConfig:
         problems.require(len(set(self.interpolations)) == len(self.interpolations), where, "interpolations", "an interpolation is listed twice")
 
 
-PEER_NAMES = peers.PEER_NAMES
-PEER_ENABLED_HELP = "train this peer on the instance split and add its rows to every instance table, test and figure"
-
-
-class _PeerModuleMissing:
-    """Stands in for a peer's settings class when ``peers/<name>.py`` is not in this installation: only ``enabled``."""
-
-    missing_module = True
-
-    def problems(self) -> list[Problem]:
-        return []
-
-
-_PEER_SECTIONS: dict[tuple[str, type], type] = {}
-
-
-def peer_settings_class(name: str) -> type:
-    """The peer's settings dataclass (``peers.peer_module(name).SETTINGS``); a stand-in without fields when its
-    module is not in this installation (the peer's step then marks it absent)."""
-    try:
-        return peers.peer_module(name).SETTINGS
-    except ModuleNotFoundError as error:
-        if error.name != f"peers.{name}":
-            raise
-        return dataclass(type(f"{name.capitalize()}Missing", (_PeerModuleMissing,), {"__module__": __name__}))
-
-
-def peer_section(name: str) -> type:
-    """The config section ``instance.peers.<name>``: the peer's settings dataclass (its fields, defaults and
-    ``problems()``, declared once in ``peers/<name>.py``) plus ``enabled``."""
-    base = peer_settings_class(name)
-    key = (name, base)
-    if key not in _PEER_SECTIONS:
-        params = getattr(base, "__dataclass_params__", None)
-
-        def check(self, where: str, problems: "Problems") -> None:
-            problems.add(where, base.problems(self))
-
-        _PEER_SECTIONS[key] = dataclasses.make_dataclass(
-            f"{name.capitalize()}PeerConfig",
-            [("enabled", bool, setting(False, PEER_ENABLED_HELP, stamped_at_default=False))],
-            bases=(base,), namespace={"check": check, "__module__": __name__,
-                                      "__doc__": f"instance.peers.{name}: the peer's settings ({base.__name__}) and enabled."},
-            frozen=bool(params and params.frozen))
-    return _PEER_SECTIONS[key]
-
-
-def _peer_field(name: str) -> Any:
-    return field(default_factory=lambda: peer_section(name)(), metadata={"peer": name})
-
-
-@dataclass
-class PeersConfig:
-    """The tools a lab would pick instead (``peers``): one section per peer, off unless ``enabled``.
-
-    Each section is the peer's own settings class (``peers.<name>.SETTINGS``): its fields, defaults
-    and checks; bad values are refused here, before any step runs.
-    """
-
-    cellpose: Any = _peer_field("cellpose")
-    stardist: Any = _peer_field("stardist")
-
-    def check(self, where: str, problems: Problems) -> None:
-        for name in PEER_NAMES:
-            getattr(self, name).check(f"{where}.{name}", problems)
-
-
-def enabled_peers(instance: Any) -> list[str]:
-    """The peers enabled in an instance section (or a step's view of it that declares ``instance.peers.<name>.enabled``)."""
-    return [name for name in PEER_NAMES if getattr(instance.peers, name).enabled]
-
-
 @dataclass
 class InstanceConfig(MaskRCNNSettings):
     """Study B: Mask R-CNN (torchvision) vs SAM prompted with its boxes.
@@ -426,118 +357,6 @@ class Settings:
         return any(
             study.enabled and study.dataset.synthetic is not None for study in (self.semantic, self.instance)
         )
-
-
-def random_start(section: Any) -> bool:
-    """True when a peer section starts from random weights (``weights`` none, or no such field)."""
-    weights = getattr(section, "weights", None)
-    return weights is None or str(weights).strip().lower() in ("none", "null", "")
-
-
-def _label(where: str, key: str, problem: str) -> str:
-    label = ".".join(part for part in (where, key) if part)
-    return f"{label}: {problem}" if label else problem
-
-
-def _error(where: str, key: str, problem: str) -> RunError:
-    return RunError(_label(where, key, problem))
-
-
-def _suggest(word: str, choices: typing.Iterable[str]) -> str:
-    close = difflib.get_close_matches(str(word), list(choices), n=1)
-    return f" (did you mean '{close[0]}'?)" if close else ""
-
-
-def _type_name(annotation: Any) -> str:
-    names = {int: "a whole number", float: "a number", bool: "true or false", str: "a text value", list: "a list", dict: "a mapping"}
-    if annotation in names:
-        return names[annotation]
-    args = [a for a in typing.get_args(annotation) if a is not type(None)]
-    if typing.get_origin(annotation) is list:
-        return "a list"
-    if typing.get_origin(annotation) is dict:
-        return "a mapping"
-    if args:
-        return " or ".join(_type_name(a) for a in args) + (" or none" if type(None) in typing.get_args(annotation) else "")
-    return getattr(annotation, "__name__", str(annotation))
-
-
-def _convert(value: Any, annotation: Any, where: str, key: str) -> Any:
-    """``value`` as ``annotation`` (int, float, bool, str, list[str], dict, unions, dataclasses)."""
-    origin = typing.get_origin(annotation)
-    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
-        options = typing.get_args(annotation)
-        if value is None or (isinstance(value, str) and value.strip().lower() in ("none", "null")):
-            if type(None) in options:
-                return None
-            raise _error(where, key, f"must be {_type_name(annotation)}, got none")
-        for option in options:
-            if option is type(None):
-                continue
-            try:
-                return _convert(value, option, where, key)
-            except RunError:
-                continue
-        raise _error(where, key, f"must be {_type_name(annotation)}, got {value!r}")
-    if dataclasses.is_dataclass(annotation):
-        return build(annotation, value, f"{where}.{key}" if where else key)
-    if origin is list or annotation is list:
-        if not isinstance(value, list):
-            raise _error(where, key, f"must be a list, got {value!r}")
-        (item_type,) = typing.get_args(annotation) or (Any,)
-        return [value_ if item_type is Any else _convert(value_, item_type, where, key) for value_ in value]
-    if origin is dict or annotation is dict:
-        if not isinstance(value, dict):
-            raise _error(where, key, f"must be a mapping, got {value!r}")
-        return dict(value)
-    if annotation is bool:
-        if isinstance(value, bool):
-            return value
-        raise _error(where, key, f"must be true or false, got {value!r}")
-    if annotation is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        raise _error(where, key, f"must be a whole number, got {value!r}")
-    if annotation is float:
-        number = None
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            number = float(value)
-        elif isinstance(value, str):
-            try:
-                number = float(value)
-            except ValueError:
-                pass
-        if number is None:
-            raise _error(where, key, f"must be a number, got {value!r}")
-        if not math.isfinite(number):
-            raise _error(where, key, f"must be a finite number, got {value!r}")
-        return number
-    if annotation is str:
-        if isinstance(value, str):
-            return value
-        raise _error(where, key, f"must be a text value, got {value!r}")
-    return value
-
-
-def build(cls: type, data: Any, where: str = "") -> Any:
-    """An instance of dataclass ``cls`` from a mapping; unknown keys and wrong types are ``RunError``."""
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise _error(where, "", f"must be a mapping of key: value, got {data!r}")
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls) if f.name != "source"}
-    known = list(fields)
-    values = {}
-    for key, value in data.items():
-        if key not in known:
-            raise _error(where, str(key), f"unknown key{_suggest(str(key), known)}; valid keys here: {', '.join(known)}")
-        peer = fields[key].metadata.get("peer")
-        values[key] = (build(peer_section(peer), value, f"{where}.{key}" if where else key) if peer
-                       else _convert(value, hints[key], where, key))
-    return cls(**values)
 
 
 def _read_mapping(path: Path) -> dict:

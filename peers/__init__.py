@@ -1,7 +1,9 @@
 """The tools a lab would pick instead of the papers' models, trained on the run's split: Cellpose and StarDist.
 
 Each peer is one module (``peers.cellpose``, ``peers.stardist``) holding its settings class and
-its functions; it imports its framework only inside its functions and runs as a step of its own.
+its functions (the settings class lives in ``peers.<name>_settings`` and some helpers in other
+``peers.<name>_*`` modules, all re-exported by the peer's module); it imports its framework only
+inside its functions and runs as a step of its own.
 A peer module provides:
 
 - ``NAME`` (the method's name in tables, file names and run.json), ``SCORE_SOURCE`` (how a

@@ -18,6 +18,8 @@ After training, the probability and NMS thresholds are tuned on the training ima
 
 TensorFlow is imported inside functions only, with ``TF_USE_LEGACY_KERAS=1`` set first when
 ``tf-keras`` is installed (TensorFlow >= 2.16: csbdeep then builds on Keras 2, as on TF 2.15).
+The settings class and its checks are in ``peers.stardist_settings``, the image handling in
+``peers.stardist_images``; both are re-exported here.
 """
 from __future__ import annotations
 
@@ -30,7 +32,7 @@ import math
 import os
 import sys
 import warnings
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
@@ -40,147 +42,27 @@ from data.errors import MscsegError
 from data.lifecycle import BUDGET_REACHED, FINISHED, EpochSteps, RunControl, RunSpec, TrainingRun, open_run, run_epochs
 from data.outputs import check_can_write, write_json
 from data.run_record import HISTORY_CSV, RUN_JSON, read_record
-from data.settings import DETERMINISTIC_HELP, Problem, choice_problem, field_names, is_number, is_whole, problem_text, setting
 
 from . import PeerError, labels_to_results, require_package, write_results
+from .stardist_images import (  # noqa: F401  (re-exported)
+    _resized, _scale, _starts, _training_arrays, augmenter, network_input, patch_side, validation_crops,
+)
+from .stardist_settings import (  # noqa: F401  (re-exported: peers.stardist is the peer's module)
+    LR_SCHEDULES, PERCENTILES, RELEASED, RELEASED_SHAPE, STARDIST_RESUME_MUST_MATCH, StardistSettings, _grid_pair,
+    weights_source,
+)
 
 NAME = "stardist"
 SCORE_SOURCE = ("StarDist's object probability: the network's probability at the grid pixel whose polygon survived "
                 "non-maximum suppression (predict_instances details['prob'])")
-RELEASED = {"2D_versatile_fluo": "https://github.com/stardist/stardist-models/releases/download/v0.1/python_2D_versatile_fluo.zip"}
-RELEASED_SHAPE = {"n_rays": 32, "grid": (2, 2), "unet_n_depth": 3, "unet_n_filter_base": 32, "unet_batch_norm": False}
-LR_SCHEDULES = ("plateau", "cosine")
 WEIGHTS_BEST, WEIGHTS_LAST, OPTIMIZER_LAST = "weights_best.h5", "weights_last.h5", "optimizer_last.npz"
 CONFIG_JSON, THRESHOLDS_JSON = "config.json", "thresholds.json"
 RUN_FILES = (RUN_JSON, HISTORY_CSV, CONFIG_JSON, WEIGHTS_BEST, WEIGHTS_LAST, OPTIMIZER_LAST, THRESHOLDS_JSON)
 DEFAULT_THRESHOLDS = {"prob": 0.5, "nms": 0.4}
 NMS_CANDIDATES = (0.3, 0.4, 0.5)
 TUNING_IOUS = (0.3, 0.5, 0.7)
-PERCENTILES = (1.0, 99.8)
 LOSSES = ("loss", "prob_loss", "dist_loss")
-
-
-# ---------------------------------------------------------------- settings
-
-def weights_source(weights: str | os.PathLike | None) -> str:
-    """'none', a released model's name, or the path given (~ expanded), as run.json records it."""
-    if weights is None or str(weights).strip().lower() in ("none", "null", ""):
-        return "none"
-    text = str(weights).strip()
-    return text if text in RELEASED else str(Path(text).expanduser())
-
-
-def _grid_pair(grid: Any) -> tuple[int, int] | None:
-    """``grid`` as (gy, gx) when it is one or two powers of two, else None."""
-    values = [grid, grid] if is_whole(grid) else list(grid) if isinstance(grid, (list, tuple)) else []
-    if len(values) != 2 or not all(is_whole(v) and v >= 1 and v & (v - 1) == 0 for v in values):
-        return None
-    return int(values[0]), int(values[1])
-
-
-@dataclass
-class StardistSettings:
-    """Every setting of a StarDist 2D training run (StarDist's defaults unless noted); stored in run.json.
-
-    patch_size: square training patches in pixels (at most the smallest image side, rounded down
-    to a multiple of 2^unet_n_depth x grid). lr_schedule plateau: StarDist's ReduceLROnPlateau
-    on the validation loss (factor, patience in epochs); cosine: lr x 0.5 (1 + cos(pi (e-1) / epochs))
-    in epoch e. image_size: resize every image to N x N (none: native size).
-    """
-
-    n_rays: int = setting(32, "rays of each star-convex polygon")
-    grid: tuple[int, int] = setting((2, 2), "subsampling of the output (powers of 2, y and x)")
-    unet_n_depth: int = setting(3, "U-Net resolution levels")
-    unet_n_filter_base: int = setting(32, "U-Net filters of the first level (doubled per level)")
-    unet_batch_norm: bool = setting(False, "batch normalisation after each U-Net convolution")
-    batchnorm_momentum: float = setting(0.99, "momentum of the batch-normalisation moving statistics (Keras' 0.99; "
-                                              "0.9 settles within a short run)")
-    patch_size: int = setting(256, "square training patch side in pixels")
-    image_size: int | None = setting(None, "resize every image to N x N (none: native size)")
-    epochs: int = setting(400, "training epochs")
-    steps_per_epoch: int = setting(100, "optimiser steps per epoch")
-    batch_size: int = setting(4, "patches per optimiser step")
-    lr: float = setting(3e-4, "Adam learning rate")
-    lr_schedule: str = setting("plateau", "plateau (StarDist's ReduceLROnPlateau on the validation loss) or cosine (per epoch)",
-                               choices=LR_SCHEDULES)
-    plateau_factor: float = setting(0.5, "ReduceLROnPlateau's factor")
-    plateau_patience: int = setting(40, "ReduceLROnPlateau's patience in epochs")
-    augment: bool = setting(True, "random flips, 90-degree rotations, intensity scale and shift, noise (StarDist's example)")
-    weights: str | None = setting("none", "none (random initialisation), 2D_versatile_fluo (released; downloaded into Keras' "
-                                          "cache when online) or a weights .h5 file or a StarDist run folder")
-    optimize_thresholds: bool = setting(True, "tune the probability and NMS thresholds on the training images after training "
-                                              "(StarDist's optimize_thresholds; off: 0.5 and 0.4)")
-    threshold_images: int | None = setting(None, "tune the thresholds on the first N training images (none: all of them)")
-    seed: int = setting(0, "random seed")
-    max_minutes: float | None = setting(None, "stop after the epoch that passes this wall time of the whole run, resumes included",
-                                        stamped_at_default=False)
-    deterministic: bool = setting(True, DETERMINISTIC_HELP, stamped_at_default=False)
-
-    def problems(self) -> list[Problem]:
-        """``(field, problem)`` for every bad value (no framework needed)."""
-        found: list[Problem] = []
-        for name in ("n_rays", "unet_n_depth", "unet_n_filter_base", "epochs", "steps_per_epoch", "batch_size", "plateau_patience"):
-            least = 3 if name == "n_rays" else 0 if name == "plateau_patience" else 1
-            if not (is_whole(getattr(self, name)) and getattr(self, name) >= least):
-                found.append((name, f"must be a whole number of at least {least}, got {getattr(self, name)!r}"))
-        grid = _grid_pair(self.grid)
-        if grid is None:
-            found.append(("grid", f"must be one or two powers of 2 (y, x), got {self.grid!r}"))
-        if not (is_whole(self.patch_size) and self.patch_size >= 16):
-            found.append(("patch_size", f"must be at least 16 pixels, got {self.patch_size!r}"))
-        elif grid is not None and is_whole(self.unet_n_depth) and self.unet_n_depth >= 1:
-            step = max(grid) * 2 ** self.unet_n_depth
-            if self.patch_size % step:
-                found.append(("patch_size", f"must be a multiple of {step} (2^unet_n_depth x grid), got {self.patch_size}"))
-        if self.threshold_images is not None and not (is_whole(self.threshold_images) and self.threshold_images >= 1):
-            found.append(("threshold_images", f"must be at least 1 or none (all training images), got {self.threshold_images!r}"))
-        if self.image_size is not None and not (is_whole(self.image_size) and self.image_size >= 32):
-            found.append(("image_size", f"must be at least 32 or none (native size), got {self.image_size!r}"))
-        if not (is_number(self.lr) and self.lr > 0):
-            found.append(("lr", f"must be positive, got {self.lr!r}"))
-        if self.lr_schedule not in LR_SCHEDULES:
-            found.append(("lr_schedule", choice_problem(self.lr_schedule, LR_SCHEDULES, " (plateau: StarDist's)")))
-        if not (is_number(self.batchnorm_momentum) and 0 < self.batchnorm_momentum < 1):
-            found.append(("batchnorm_momentum", f"must be between 0 and 1, got {self.batchnorm_momentum!r}"))
-        if not (is_number(self.plateau_factor) and 0 < self.plateau_factor < 1):
-            found.append(("plateau_factor", f"must be between 0 and 1, got {self.plateau_factor!r}"))
-        if not is_whole(self.seed):
-            found.append(("seed", f"must be a whole number, got {self.seed!r}"))
-        if self.max_minutes is not None and not (is_number(self.max_minutes) and self.max_minutes > 0):
-            found.append(("max_minutes", f"must be positive or none, got {self.max_minutes!r}"))
-        for name in ("unet_batch_norm", "augment", "optimize_thresholds", "deterministic"):
-            if not isinstance(getattr(self, name), bool):
-                found.append((name, f"must be true or false, got {getattr(self, name)!r}"))
-        if not (self.weights is None or isinstance(self.weights, (str, os.PathLike))):
-            found.append(("weights", f"must be none, {', '.join(RELEASED)} or a path, got {self.weights!r}"))
-        elif weights_source(self.weights) in RELEASED:
-            shape = {"n_rays": self.n_rays, "grid": grid, "unet_n_depth": self.unet_n_depth, "unet_n_filter_base": self.unet_n_filter_base,
-                     "unet_batch_norm": self.unet_batch_norm}
-            differ = [f"{key} {RELEASED_SHAPE[key]}" for key in RELEASED_SHAPE if shape[key] != RELEASED_SHAPE[key]]
-            if differ:
-                found.append(("weights", f"{weights_source(self.weights)} was trained with {', '.join(differ)}; "
-                                         "use those or weights none"))
-        return found
-
-    def checked(self) -> "StardistSettings":
-        """A copy with the grid as (y, x) and the weights normalised; ``PeerError`` naming every bad value."""
-        found = self.problems()
-        if found:
-            raise PeerError(problem_text(found, "stardist."))
-        return replace(self, grid=_grid_pair(self.grid), weights=weights_source(self.weights), lr=float(self.lr),
-                       plateau_factor=float(self.plateau_factor),
-                       max_minutes=None if self.max_minutes is None else float(self.max_minutes))
-
-    def to_record(self) -> dict[str, Any]:
-        """What run.json holds (JSON types: the grid as a list)."""
-        record = asdict(self)
-        record["grid"] = list(record["grid"]) if isinstance(record["grid"], (list, tuple)) else record["grid"]
-        return {**record, "optimizer": "Adam", "input": f"grey (mean of RGB), csbdeep normalize{PERCENTILES} per image"}
-
-
 SETTINGS = StardistSettings
-STARDIST_RESUME_MUST_MATCH = tuple(name for name in field_names(StardistSettings)
-                                   if name not in ("epochs", "max_minutes", "deterministic", "optimize_thresholds", "threshold_images"))
 
 
 # ---------------------------------------------------------------- TensorFlow, StarDist and the released weights
@@ -309,86 +191,6 @@ def _initial_weights(source: str) -> Path | None:
     if not path.is_file():
         raise PeerError(f"{path}: stardist weights file not found (weights: a .h5 file or a StarDist run folder)")
     return path
-
-
-# ---------------------------------------------------------------- images
-
-def network_input(image: np.ndarray) -> np.ndarray:
-    """H x W x 3 (or H x W) float image -> H x W float32 grey, normalised per image (percentiles 1 and 99.8 to 0 and 1)."""
-    from csbdeep.utils import normalize
-
-    grey = np.asarray(image, dtype=np.float32)
-    if grey.ndim == 3:
-        grey = grey.mean(axis=-1)
-    return normalize(grey, *PERCENTILES, axis=(0, 1)).astype(np.float32, copy=False)
-
-
-def _scale(shape: Sequence[int], image_size: int | None) -> tuple[float, float] | None:
-    """(sy, sx) that brings an H x W image to ``image_size`` x ``image_size`` (None: native size)."""
-    if not image_size or tuple(shape[:2]) == (image_size, image_size):
-        return None
-    return image_size / shape[0], image_size / shape[1]
-
-
-def _resized(grey: np.ndarray, labels: np.ndarray, image_size: int | None) -> tuple[np.ndarray, np.ndarray]:
-    """Grey image (bilinear) and labels (nearest) at ``image_size`` x ``image_size``, as ``predict_instances(scale=)`` zooms."""
-    scale = _scale(grey.shape, image_size)
-    if scale is None:
-        return grey, labels
-    from scipy import ndimage
-
-    return ndimage.zoom(grey, scale, order=1).astype(np.float32), ndimage.zoom(labels, scale, order=0)
-
-
-def _training_arrays(dataset, names: Sequence[str], image_size: int | None) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """Network inputs (H x W float32) and StarDist's hole-filled labels (H x W int32) of ``names``."""
-    from stardist import fill_label_holes
-
-    images, labels = [], []
-    for sample in dataset.subset(list(names)):
-        grey, label = _resized(network_input(sample.image), sample.labels.astype(np.int32), image_size)
-        images.append(grey)
-        labels.append(fill_label_holes(label).astype(np.int32))
-    return images, labels
-
-
-def _starts(length: int, patch: int) -> list[int]:
-    """Patch starts that cover ``length`` pixels with as little overlap as possible."""
-    count = max(1, math.ceil(length / patch))
-    return sorted({int(round(v)) for v in np.linspace(0, length - patch, count)})
-
-
-def validation_crops(images: Sequence[np.ndarray], labels: Sequence[np.ndarray], patch: int) -> tuple[list, list]:
-    """Fixed ``patch`` x ``patch`` crops that cover every validation image (StarDist samples random ones)."""
-    crops_x, crops_y = [], []
-    for image, label in zip(images, labels):
-        for top in _starts(image.shape[0], patch):
-            for left in _starts(image.shape[1], patch):
-                crops_x.append(image[top:top + patch, left:left + patch])
-                crops_y.append(label[top:top + patch, left:left + patch])
-    return crops_x, crops_y
-
-
-def patch_side(settings: StardistSettings, shapes: Sequence[tuple[int, int]]) -> int:
-    """The training patch side: ``patch_size``, at most the smallest image side, a multiple of 2^depth x grid."""
-    step = max(settings.grid) * 2 ** settings.unet_n_depth
-    side = (min([settings.patch_size, *[min(shape) for shape in shapes]]) // step) * step
-    if side < step:
-        raise PeerError(f"stardist: images of {min(min(s) for s in shapes)} px are smaller than one {step} px network block; "
-                        "set image_size larger or unet_n_depth smaller")
-    return side
-
-
-def augmenter(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """StarDist's example augmentation of one square patch: flips, transposition, intensity scale and shift, noise."""
-    if np.random.rand() > 0.5:
-        x, y = x.T, y.T
-    for axis in (0, 1):
-        if np.random.rand() > 0.5:
-            x, y = np.flip(x, axis=axis), np.flip(y, axis=axis)
-    x = x * np.random.uniform(0.6, 2.0) + np.random.uniform(-0.2, 0.2)
-    x = x + 0.02 * np.random.uniform(0, 1) * np.random.normal(0, 1, x.shape)
-    return np.ascontiguousarray(x, dtype=np.float32), np.ascontiguousarray(y)
 
 
 # ---------------------------------------------------------------- training
